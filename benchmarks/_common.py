@@ -1,0 +1,59 @@
+"""Shared set-up for the benchmark scripts: a tiny base and random LoRA adapters."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROLES = ("logic", "poetic", "body", "silence")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Median wall seconds of *repeat* calls."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_adapters(base_dir: Path, out: Path, count: int, r: int = 16) -> list[Path]:
+    """*count* adapters with random factors (targets v_proj, o_proj), named like a library."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from pytest_scenelora.adapters import save_adapter_file
+    from pytest_scenelora.models import fingerprint
+
+    out.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(base_dir)
+    paths = []
+    for i in range(count):
+        name = f"Δ{42 + i // len(ROLES)}_{ROLES[i % len(ROLES)]}"
+        path = out / f"{name}.safetensors"
+        if not path.exists():
+            torch.manual_seed(i)
+            model = get_peft_model(
+                AutoModelForCausalLM.from_pretrained(base_dir),
+                LoraConfig(r=r, lora_alpha=16, target_modules=["v_proj", "o_proj"],
+                           init_lora_weights=False, task_type="CAUSAL_LM"),
+            )
+            state = {k: v * 20 if "lora_B" in k else v
+                     for k, v in get_peft_model_state_dict(model).items()}
+            save_adapter_file(path, state, model.peft_config["default"], scene=name.split("_")[0],
+                              role=name.split("_")[1], base_model="tiny", base_fingerprint=fp)
+        paths.append(path)
+    return paths

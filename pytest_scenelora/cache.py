@@ -1,0 +1,125 @@
+"""One SQLite cache for every expensive result, keyed by content hashes.
+
+Generations are keyed by the base fingerprint, the adapter's content hash, the prompt,
+the generation config, the seed and the sample index; vectors by the scorer's content
+key and the text. Never by a file path: renaming an adapter reuses its rows, changing
+one byte of it does not. The database runs in WAL mode with a busy timeout, and every
+write is an idempotent ``INSERT OR IGNORE`` in a short transaction, so pytest-xdist
+workers share it safely: two workers that race to the same row write the same value.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .fsutil import cache_home, canonical_json, sha256_bytes
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vectors (
+    scorer TEXT NOT NULL, text_key TEXT NOT NULL, dim INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (scorer, text_key)
+);
+"""
+
+
+def generation_key(*, base: str, adapter: str, prompt: str, config: str, seed: int, index: int) -> str:
+    """The identity of one generated sample (all arguments are content hashes or values)."""
+    return sha256_bytes(canonical_json({"base": base, "adapter": adapter, "prompt": prompt,
+                                        "config": config, "seed": seed, "index": index}))
+
+
+def text_key(text: str) -> str:
+    return sha256_bytes(text)
+
+
+class ResultCache:
+    """The SQLite cache. Cheap to open; one connection per thread."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path else cache_home() / "results.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self.hits = 0
+        self.misses = 0
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=60000")
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # ------------------------------------------------------------------ generations
+    def get_generations(self, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        db = self._connect()
+        for chunk in _chunks(list(dict.fromkeys(keys)), 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(db.execute(
+                f"SELECT key, text FROM generations WHERE key IN ({marks})", chunk).fetchall())
+        self.hits += sum(k in found for k in keys)
+        self.misses += sum(k not in found for k in keys)
+        return found
+
+    def put_generations(self, rows: Mapping[str, str]) -> None:
+        self._write("INSERT OR IGNORE INTO generations (key, text) VALUES (?, ?)", rows.items())
+
+    # ---------------------------------------------------------------------- vectors
+    def get_many(self, scorer_key: str, texts: Sequence[str]) -> dict[str, Any]:
+        import numpy as np
+
+        by_key = {text_key(t): t for t in texts}
+        found: dict[str, Any] = {}
+        db = self._connect()
+        for chunk in _chunks(list(by_key), 500):
+            marks = ",".join("?" * len(chunk))
+            for key, dim, data in db.execute(
+                f"SELECT text_key, dim, data FROM vectors WHERE scorer = ? AND text_key IN ({marks})",
+                [scorer_key, *chunk],
+            ):
+                found[by_key[key]] = np.frombuffer(data, dtype=np.float32, count=dim).copy()
+        return found
+
+    def put_many(self, scorer_key: str, vectors: Mapping[str, Any]) -> None:
+        import numpy as np
+
+        rows = []
+        for text, vec in vectors.items():
+            arr = np.asarray(vec, dtype=np.float32)
+            rows.append((scorer_key, text_key(text), int(arr.size), arr.tobytes()))
+        self._write("INSERT OR IGNORE INTO vectors (scorer, text_key, dim, data) VALUES (?, ?, ?, ?)",
+                    rows)
+
+    def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(sql, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

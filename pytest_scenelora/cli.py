@@ -1,0 +1,232 @@
+"""The ``scenelora`` command: bases, adapters, and (with the other modules) training,
+suites and reports from a shell.
+
+Every error this package raises on purpose is printed as one line,
+``scenelora: error: <what is wrong and what to do>``, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import adapters as fmt
+from .errors import AdapterFormatError, SceneloraError
+from .settings import parse_device, parse_quantization
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table on a terminal; tab-separated lines (with a header) for pipes and files."""
+    console = _console()
+    if console.is_terminal:
+        from rich.table import Table
+
+        table = Table(*columns, title=title)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(row))
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------- base
+
+
+def cmd_base_list(args: argparse.Namespace) -> int:
+    from .models import preset_rows
+
+    rows = [(r["name"], r["hf_id"], r["family"], r["on_disk"]) for r in preset_rows()]
+    _print_table("base models", ("name", "Hugging Face id", "family", "on disk"), rows)
+    return 0
+
+
+def cmd_base_path(args: argparse.Namespace) -> int:
+    from .models import resolve_base
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if args.name == "tiny":
+        from .tinybase import ensure_tiny_base
+
+        print(ensure_tiny_base(progress=progress))
+    else:
+        print(resolve_base(args.name))
+    return 0
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+def _structural_findings(info: fmt.AdapterInfo) -> fmt.Validation:
+    """What can be checked without a base: readable tensors, finite values, A/B pairs."""
+    found = fmt.Validation()
+    try:
+        fmt.load_tensors(info)
+    except AdapterFormatError as exc:
+        found.errors.append(str(exc))
+    a_keys = {k.replace(".lora_A.", ".X.") for k in info.tensors if ".lora_A." in k}
+    b_keys = {k.replace(".lora_B.", ".X.") for k in info.tensors if ".lora_B." in k}
+    for key in sorted(a_keys ^ b_keys)[:1]:
+        found.errors.append(f"{info.path}: {key.replace('.X.', '.lora_A/B.')!r} lacks its partner factor")
+    return found
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = fmt.read_adapter(args.path)
+    findings = fmt.Validation()
+    against = "structure only (pass --base-model to check it against a base)"
+    if args.base_model:
+        from .models import fingerprint, resolve_base
+
+        base_dir = resolve_base(args.base_model)
+        findings = fmt.validate(info, base_dir, fingerprint(base_dir))
+        against = f"against base {args.base_model} ({base_dir})"
+    findings.errors += _structural_findings(info).errors
+    targets = info.target_modules
+    rows = [
+        ("adapter", info.name),
+        ("path", f"{info.path} ({info.format.value})"),
+        ("scene", info.scene or "?"),
+        ("role", info.role or "?"),
+        ("rank", str(info.rank)),
+        ("alpha", str(info.alpha)),
+        ("target modules", targets if isinstance(targets, str) else ", ".join(targets)),
+        ("trained on", f"{info.base_model or '?'} (fingerprint {info.base_fingerprint[:12] or '?'})"),
+        ("tensors", f"{len(info.tensors)} ({_human_bytes(info.nbytes)})"),
+        ("content sha256", info.content_hash),
+    ]
+    if info.metadata.get("train_data_sha256"):
+        rows.append(("train data sha256", info.metadata["train_data_sha256"]))
+    console = _console()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        console.print(f"{key:<{width}}  {value}", markup=False)
+    verdict = "ok" if findings.ok else "UNUSABLE"
+    console.print(f"{'validation':<{width}}  {verdict}, {against}", markup=False)
+    for error in findings.errors:
+        console.print(f"  error: {error}", markup=False)
+    for warning in findings.warnings:
+        console.print(f"  warning: {warning}", markup=False)
+    return 0 if findings.ok else 1
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    written = fmt.convert(args.src, args.dst)
+    print(f"wrote {written}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    base_dir = fp = None
+    if args.base_model:
+        from .models import fingerprint, resolve_base
+
+        base_dir = resolve_base(args.base_model)
+        fp = fingerprint(base_dir)
+    rows: list[tuple[str, ...]] = []
+    failures = 0
+    for path in fmt.discover([args.directory]):
+        try:
+            info = fmt.read_adapter(path)
+        except AdapterFormatError as exc:
+            failures += 1
+            rows.append((fmt.adapter_name(path), "?", "?", "?", "?", f"no: {exc}"))
+            continue
+        if base_dir is None:
+            status = "(no --base-model)"
+        else:
+            check = fmt.validate(info, base_dir, fp)
+            status = "yes" if check.ok else f"no: {check.errors[0]}"
+            if check.ok and check.warnings:
+                status = f"yes, but: {check.warnings[0]}"
+            failures += not check.ok
+        rows.append((info.name, info.scene or "?", info.role or "?", str(info.rank),
+                     _human_bytes(info.nbytes), status))
+    _print_table(f"adapters in {args.directory}",
+                 ("name", "scene", "role", "rank", "size", "validates"), rows)
+    return 1 if failures else 0
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scenelora", description="Behavioural tests for LoRA adapters as voices."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    base = sub.add_parser("base", help="list base models, or print where one is on disk")
+    base_sub = base.add_subparsers(dest="base_command", required=True, metavar="list|path")
+    base_sub.add_parser("list", help="presets, their HF ids, and whether each is on disk"
+                        ).set_defaults(handler=cmd_base_list)
+    path = base_sub.add_parser("path", help="print a base's local directory (builds tiny)")
+    path.add_argument("name", nargs="?", default="tiny", metavar="NAME")
+    path.set_defaults(handler=cmd_base_path)
+
+    inspect = sub.add_parser("inspect", help="show an adapter and validate it")
+    inspect.add_argument("path", type=Path, metavar="PATH")
+    inspect.add_argument("--base-model", metavar="B", help="validate against this base")
+    inspect.set_defaults(handler=cmd_inspect)
+
+    convert = sub.add_parser("convert", help="single file <-> PEFT folder, losslessly")
+    convert.add_argument("src", type=Path, metavar="SRC")
+    convert.add_argument("dst", type=Path, metavar="DST")
+    convert.set_defaults(handler=cmd_convert)
+
+    listing = sub.add_parser("list", help="show the adapters in a directory")
+    listing.add_argument("directory", type=Path, metavar="DIR")
+    listing.add_argument("--base-model", metavar="B", help="validate each against this base")
+    listing.set_defaults(handler=cmd_list)
+
+    for extension in _extensions():
+        extension(sub)
+    return parser
+
+
+def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands that live beside the modules they drive."""
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except SceneloraError as exc:
+        print(f"scenelora: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scenelora: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+__all__ = ["build_parser", "main", "parse_device", "parse_quantization"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The pytest11 entry point: options, hooks and fixtures, delegating all real work.
+
+Imported by pytest on every run of every project that has this package installed, so it
+imports nothing heavy (no torch, transformers, peft or sentence-transformers) at module
+level; ``tests/test_plugin_import.py`` holds it to that.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .errors import SceneloraError
+from .session import SceneSession
+from .settings import Settings, parse_device, parse_quantization, parse_seed
+
+if TYPE_CHECKING:
+    from .library import AdapterHandle, AdapterLibrary
+    from .models import LoadedBase
+
+SESSION_KEY = pytest.StashKey[SceneSession]()
+
+_OPTIONS = (
+    # (flag, ini name, help, type, metavar, default)
+    ("--base-model", "scenelora_base_model",
+     "base model: tiny (built locally), a preset, a local directory or a cached HF id",
+     str, "tiny|ID|PATH", "tiny"),
+    ("--device", "scenelora_device", "where models run (auto: cuda when available)",
+     parse_device, "auto|cpu|cuda", "auto"),
+    ("--quantize", "scenelora_quantize", "load the base quantized with bitsandbytes",
+     parse_quantization, "none|8bit|4bit", "none"),
+    ("--scenelora-seed", "scenelora_seed", "seed for sampling and bootstrap intervals",
+     parse_seed, "N", "0"),
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("scenelora", "LoRA adapter behaviour tests (pytest-scenelora)")
+    group.addoption(
+        "--adapter", action="append", default=[], metavar="PATH", dest="scenelora_adapters",
+        help="adapter to test: a .safetensors file, a PEFT folder, a directory of adapters "
+             "or a glob (repeatable)",
+    )
+    parser.addini("scenelora_adapters", "adapters to test when --adapter is not given",
+                  type="linelist", default=[])
+    for flag, ini, help_text, type_, metavar, _default in _OPTIONS:
+        group.addoption(flag, dest=ini, type=type_, metavar=metavar, default=None, help=help_text)
+        parser.addini(ini, help_text, default=None)
+
+
+def _resolve(config: pytest.Config) -> Settings:
+    values = {}
+    for flag, ini, _help, type_, _metavar, default in _OPTIONS:
+        value = config.getoption(ini)
+        if value is None:
+            raw = config.getini(ini) or default
+            try:
+                value = type_(raw)
+            except argparse.ArgumentTypeError as exc:
+                raise pytest.UsageError(f"[tool.pytest.ini_options] {ini}: {exc}") from None
+        values[flag] = value
+    adapters = config.getoption("scenelora_adapters") or config.getini("scenelora_adapters")
+    return Settings(
+        adapters=tuple(adapters),
+        base_model=values["--base-model"],
+        device=values["--device"],
+        quantize=values["--quantize"],
+        seed=values["--scenelora-seed"],
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        config.stash[SESSION_KEY] = SceneSession(_resolve(config))
+    except (SceneloraError, ValueError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = config.stash.get(SESSION_KEY, None)
+    return session.header_lines() if session else []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "adapter" not in metafunc.fixturenames:
+        return
+    names = metafunc.config.stash[SESSION_KEY].adapter_names
+    if names:
+        metafunc.parametrize("adapter", names, ids=names, indirect=True, scope="session")
+    else:
+        metafunc.parametrize("adapter", [None], ids=["no-adapter"], indirect=True, scope="session")
+
+
+def _session(request: pytest.FixtureRequest) -> SceneSession:
+    return request.config.stash[SESSION_KEY]
+
+
+def _or_fail(thunk):
+    try:
+        return thunk()
+    except SceneloraError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def scenelora_base(request: pytest.FixtureRequest) -> LoadedBase:
+    """The base model (``--base-model``), loaded once per session on ``--device``."""
+    session = _session(request)
+    return _or_fail(lambda: session.base)
+
+
+@pytest.fixture(scope="session")
+def adapter_library(request: pytest.FixtureRequest, scenelora_base: LoadedBase) -> AdapterLibrary:
+    """Every ``--adapter`` attached to the one base: switch, combine, mix in a batch, merge."""
+    session = _session(request)
+    return _or_fail(lambda: session.library)
+
+
+@pytest.fixture(scope="session")
+def adapter(request: pytest.FixtureRequest) -> Iterator[AdapterHandle]:
+    """One adapter from ``--adapter``; a test using it runs once per adapter."""
+    if request.param is None:
+        pytest.skip("needs --adapter PATH (a .safetensors file, a folder, or a glob)")
+    library = request.getfixturevalue("adapter_library")
+    yield library.handle(request.param)

@@ -1,0 +1,51 @@
+"""One scenelora session per pytest session: the base, the adapter library, lazily.
+
+Nothing heavy happens until a test asks for it, so ``pytest --collect-only`` and runs
+that never touch a model stay fast.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import adapters as fmt
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .library import AdapterLibrary
+    from .models import LoadedBase
+
+
+class SceneSession:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Cheap and eager: a wrong --adapter is a usage error before collection.
+        self.adapter_paths: list[Path] = fmt.discover(settings.adapters) if settings.adapters else []
+        self.adapter_names: list[str] = [fmt.adapter_name(p) for p in self.adapter_paths]
+
+    @cached_property
+    def base(self) -> LoadedBase:
+        from .models import load_base
+
+        return load_base(self.settings.base_model, device=self.settings.device,
+                         quantize=self.settings.quantize)
+
+    @cached_property
+    def library(self) -> AdapterLibrary:
+        from .library import AdapterLibrary
+
+        library = AdapterLibrary(self.base)
+        for path in self.adapter_paths:
+            library.add(path)
+        return library
+
+    def header_lines(self) -> list[str]:
+        s = self.settings
+        adapters = ", ".join(self.adapter_names) if self.adapter_names else "none (--adapter PATH)"
+        return [
+            f"scenelora: base {s.base_model}, device {s.device.value}, "
+            f"quantize {s.quantize.value}, seed {s.seed}",
+            f"scenelora: adapters {adapters}",
+        ]

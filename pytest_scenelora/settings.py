@@ -1,0 +1,52 @@
+"""Command-line and ini options, resolved once into a frozen, validated record."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from .models import TINY, Device, Quantization
+
+
+def _choice(enum_type: type, what: str):
+    def parse(value: str) -> str:
+        try:
+            return enum_type(value).value
+        except ValueError:
+            allowed = "|".join(m.value for m in enum_type)
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {what}; use {allowed}") from None
+
+    return parse
+
+
+parse_device = _choice(Device, "device")
+parse_quantization = _choice(Quantization, "quantization")
+
+
+def parse_seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer seed") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is negative; seeds are 0 or more")
+    return seed
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a scenelora session was asked to do; validated on creation."""
+
+    adapters: tuple[str, ...] = ()
+    base_model: str = TINY
+    device: Device = Device.AUTO
+    quantize: Quantization = Quantization.NONE
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", Device(self.device))
+        object.__setattr__(self, "quantize", Quantization(self.quantize))
+        if not self.base_model:
+            raise ValueError("--base-model is empty; use 'tiny', a preset, a directory or an HF id")
+        if self.seed < 0:
+            raise ValueError(f"--scenelora-seed {self.seed!r} is negative; seeds are 0 or more")

@@ -1,0 +1,116 @@
+"""The adapter library: many adapters on one base, switched, mixed, combined, merged."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_scenelora.errors import LibraryError
+from pytest_scenelora.generation import GenerationConfig
+from pytest_scenelora.library import AdapterLibrary
+
+PROMPTS = [
+    "Topic: a quiet harbour at night\n",
+    "Topic: a kitchen before dawn\n",
+    "Scene: Δ42\n",
+]
+SHORT = GenerationConfig(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def library(tiny_base, make_adapter) -> AdapterLibrary:
+    library = AdapterLibrary(tiny_base)
+    for seed, role in enumerate(["logic", "poetic", "body", "silence"]):
+        library.add(make_adapter(f"Δ42_{role}", seed=seed))
+    return library
+
+
+def test_adapters_share_one_base_and_switch_without_reloading(library: AdapterLibrary) -> None:
+    base_params = {id(p) for p in library.base.model.parameters()}
+    assert library.names == ["Δ42_logic", "Δ42_poetic", "Δ42_body", "Δ42_silence"]
+    logits = {}
+    for name in library.names:
+        library.switch(name)
+        assert library.active == name
+        logits[name] = library.logits(PROMPTS[:1])
+    assert len({tuple(v.flatten()[:50].tolist()) for v in logits.values()}) == 4
+    assert base_params <= {id(p) for p in library.model.parameters()}
+
+
+def test_the_base_alone_differs_from_every_adapter(library: AdapterLibrary) -> None:
+    import torch
+
+    with library.base_only():
+        base = library.logits(PROMPTS)
+    assert torch.equal(base, library.logits(PROMPTS, [None] * len(PROMPTS)))
+    for name in library.names:
+        assert not torch.allclose(base, library.logits(PROMPTS, name), atol=1e-4)
+
+
+def test_mixed_batch_gives_the_same_greedy_text_as_one_adapter_at_a_time(library) -> None:
+    rows = [(p, a) for a in [*library.names, None] for p in PROMPTS]
+    mixed = library.generate([p for p, _ in rows], [a for _, a in rows], config=SHORT)
+    one_by_one = [library.generate([p], a, config=SHORT)[0] for p, a in rows]
+    assert mixed == one_by_one
+    assert len(set(mixed)) > len(PROMPTS)  # adapters really speak differently
+
+
+def test_seeded_sampling_depends_on_the_seed_not_on_the_batch(library) -> None:
+    config = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=1.0, top_p=0.95)
+    alone = library.generate(PROMPTS[:1], "Δ42_poetic", config=config, seeds=[5])
+    in_batch = library.generate([PROMPTS[1], PROMPTS[0]], ["Δ42_logic", "Δ42_poetic"],
+                                config=config, seeds=[9, 5])
+    assert alone[0] == in_batch[1]
+    draws = {library.generate(PROMPTS[:1], "Δ42_poetic", config=config, seeds=[s])[0]
+             for s in range(6)}
+    assert len(draws) > 1
+
+
+def test_cat_combination_is_the_exact_weighted_sum(library) -> None:
+    import torch
+
+    name = library.combine("logic+poetic", {"Δ42_logic": 1.0, "Δ42_poetic": 0.5})
+    peft = library.model
+    module = peft.base_model.model.model.layers[0].self_attn.v_proj
+    keys = {e.name: e.key for e in library}
+    delta = {n: module.get_delta_weight(keys[n]) for n in ("Δ42_logic", "Δ42_poetic", name)}
+    expected = delta["Δ42_logic"] + 0.5 * delta["Δ42_poetic"]
+    assert torch.allclose(delta[name], expected, atol=1e-6)
+    assert library.entry(name).combined_from == {"Δ42_logic": 1.0, "Δ42_poetic": 0.5}
+    library.remove(name)
+    assert name not in library
+
+
+def test_merged_copy_matches_the_unmerged_adapter(library) -> None:
+    import torch
+
+    merged = library.merged("Δ42_body")
+    assert torch.allclose(library.logits(PROMPTS, "Δ42_body"),
+                          library.logits(PROMPTS, model=merged), atol=1e-4)
+    assert library.names == ["Δ42_logic", "Δ42_poetic", "Δ42_body", "Δ42_silence"]
+
+
+def test_unknown_names_say_what_the_library_holds(library) -> None:
+    with pytest.raises(LibraryError, match=r"no adapter named 'Δ99_x'.*Δ42_logic"):
+        library.switch("Δ99_x")
+
+
+def test_a_misfit_adapter_is_refused_before_it_touches_the_model(tiny_base, make_adapter) -> None:
+    from pytest_scenelora.errors import AdapterMismatchError
+
+    library = AdapterLibrary(tiny_base)
+    with pytest.raises(AdapterMismatchError, match="not found in the base model"):
+        library.add(_retarget(make_adapter("Δ42_wrong"), "c_attn"))
+    assert len(library) == 0
+
+
+def _retarget(path, target):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pytest_scenelora.adapters import read_adapter
+
+    info = read_adapter(path)
+    config = dict(info.peft_config, target_modules=[target])
+    save_file(load_file(str(path)), str(path), metadata={**info.metadata, "peft_config": json.dumps(config)})
+    return path

@@ -1,0 +1,80 @@
+"""The embedded tiny base: built offline, deterministic, cached by content."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_scenelora import shipped, tinybase
+from pytest_scenelora.models import fingerprint, linear_widths
+
+
+def test_the_tiny_base_is_a_normal_hf_folder_with_llama_module_names(tiny_base_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    names = {p.name for p in tiny_base_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert not any(n.endswith((".bin", ".pt")) for n in names)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
+    assert json.loads((tiny_base_dir / "config.json").read_text())["model_type"] == "llama"
+    modules = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= modules
+    widths = linear_widths(model)
+    assert widths and all(i % 32 == 0 and o % 32 == 0 for _, i, o in widths), widths
+
+
+def test_the_base_writes_the_corpus_language(tiny_base) -> None:
+    """'Fluent-looking': greedy and sampled text is made of the corpus's own words."""
+    from pytest_scenelora.generation import GenerationConfig, generate
+
+    text = "\n".join(p.read_text(encoding="utf-8") for p in shipped.corpus_files())
+    vocabulary = set(re.findall(r"[a-z]+", text.lower()))
+    topics = [line for line in text.splitlines() if line.startswith("Topic: ")][:6]
+    prompts = [f"{t}\n" for t in topics]
+    outputs = generate(tiny_base.model, tiny_base.tokenizer, prompts,
+                       config=GenerationConfig(max_new_tokens=40, do_sample=True, temperature=0.8),
+                       seeds=list(range(len(prompts))))
+    words = [w for out in outputs for w in re.findall(r"[a-z]+", out.lower())]
+    assert len(words) > 20 * len(prompts)
+    known = sum(w in vocabulary for w in words) / len(words)
+    assert known > 0.9, (known, outputs)
+
+
+def test_a_second_build_gives_the_same_bytes(tiny_base_dir: Path, tmp_path: Path) -> None:
+    again = tmp_path / "tiny-again"
+    tinybase.build_tiny_base(again)
+    first = {p.name: p.read_bytes() for p in tiny_base_dir.iterdir() if p.is_file()}
+    second = {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()}
+    assert first.keys() == second.keys()
+    assert [n for n in first if first[n] != second[n]] == []
+    assert fingerprint(again) == fingerprint(tiny_base_dir)
+
+
+def test_the_cache_key_follows_corpus_and_recipe(tmp_path: Path) -> None:
+    corpus = [shutil.copy(p, tmp_path / p.name) for p in shipped.corpus_files()]
+    corpus = [Path(p) for p in corpus]
+    key = tinybase.build_key(corpus)
+    assert key == tinybase.build_key(shipped.corpus_files())
+    with open(corpus[0], "a", encoding="utf-8") as fh:
+        fh.write("\nTopic: one more line\nA changed corpus is a different base.\n")
+    assert tinybase.build_key(corpus) != key
+    assert tinybase.build_key(shipped.corpus_files(), {**tinybase.RECIPE, "steps": 1}) != key
+
+
+def test_an_existing_build_is_reused_not_rebuilt(tiny_base_dir: Path, scenelora_home: Path) -> None:
+    stamp = (tiny_base_dir / "model.safetensors").stat().st_mtime_ns
+    assert tinybase.ensure_tiny_base(scenelora_home) == tiny_base_dir
+    assert (tiny_base_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    log = tiny_base_dir.parent / f"{tiny_base_dir.name}.build.log"
+    assert re.match(r"built in [\d.]+s, final loss [\d.]+", log.read_text())
+
+
+def test_an_empty_corpus_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        tinybase.build_tiny_base(tmp_path / "out", corpus=[empty])
