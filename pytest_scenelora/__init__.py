@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from .generation import GenerationConfig
     from .library import AdapterHandle, AdapterLibrary
     from .models import LoadedBase, fingerprint, load_base, resolve_base
+    from .runner import SuiteRunner
+    from .scoring import CharNgramScorer, Embedder, MemoryVectorCache, make_scorer
+    from .strategies import scenes
+    from .training import AdapterTrainer, TrainSpec, train
+    from .verdict import Status, Verdict, decide
 
 _EXPORTS = {
     "AdapterInfo": "adapters",
@@ -34,6 +39,18 @@ _EXPORTS = {
     "BaseModelNotFoundError": "errors",
     "SceneloraError": "errors",
     "GenerationConfig": "generation",
+    "CharNgramScorer": "scoring",
+    "Embedder": "scoring",
+    "MemoryVectorCache": "scoring",
+    "make_scorer": "scoring",
+    "Status": "verdict",
+    "Verdict": "verdict",
+    "decide": "verdict",
+    "AdapterTrainer": "training",
+    "TrainSpec": "training",
+    "train": "training",
+    "SuiteRunner": "runner",
+    "scenes": "strategies",
     "AdapterHandle": "library",
     "AdapterLibrary": "library",
     "LoadedBase": "models",
@@ -48,18 +65,30 @@ __all__ = [
     "AdapterInfo",
     "AdapterLibrary",
     "AdapterMismatchError",
+    "AdapterTrainer",
     "BaseModelError",
     "BaseModelNotFoundError",
+    "CharNgramScorer",
+    "Embedder",
     "GenerationConfig",
     "LoadedBase",
+    "MemoryVectorCache",
     "SceneloraError",
+    "Status",
+    "SuiteRunner",
+    "TrainSpec",
+    "Verdict",
     "convert",
+    "decide",
     "fingerprint",
     "load_base",
     "load_tensors",
+    "make_scorer",
     "read_adapter",
     "resolve_base",
     "save_adapter_file",
+    "scenes",
+    "train",
 ]
 
 

@@ -365,7 +365,10 @@ def lora_config(config: Mapping[str, Any], *, inference: bool = True) -> Any:
     from peft import LoraConfig
 
     known = {f.name for f in dataclasses.fields(LoraConfig)}
-    kwargs = {k: v for k, v in config.items() if k in known and k not in ("peft_type", "auto_mapping")}
+    # base_model_name_or_path is provenance (kept in our metadata), not configuration:
+    # PEFT warns when it differs from the base it is attached to, which here is the rule
+    dropped = ("peft_type", "auto_mapping", "base_model_name_or_path", "revision")
+    kwargs = {k: v for k, v in config.items() if k in known and k not in dropped}
     kwargs["task_type"] = kwargs.get("task_type") or "CAUSAL_LM"
     kwargs["inference_mode"] = inference
     return LoraConfig(**kwargs)

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import adapters as fmt
 from .errors import AdapterFormatError, SceneloraError
@@ -207,9 +208,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
+def _extensions() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Subcommands that live beside the modules they drive."""
-    return []
+    from .cli_train import add_train_command
+
+    return [add_train_command, add_demo_command]
+
+
+# -------------------------------------------------------------------------------- demo
+
+
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser(
+        "demo", help="the main job: build the tiny base, train the Δ42 voices, run the suites",
+        description="Build the tiny base, train (or reuse) the four Δ42 role adapters, run the "
+                    "shipped suites on them with pytest, and show the coherence report.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("adapters"), metavar="DIR",
+                      help="where the adapters are written (default: ./adapters)")
+    demo.add_argument("--suites", type=Path, default=None, metavar="DIR",
+                      help="suites to run (default: the shipped suites)")
+    demo.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
+                      help="extra pytest arguments, after --")
+    demo.set_defaults(handler=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    import pytest
+
+    from . import shipped
+    from .tinybase import ensure_tiny_base
+    from .training import progress_for, train_demo_library
+
+    console = _console()
+    start = time.perf_counter()
+    console.print("[bold]1/3[/] the tiny base", highlight=False)
+    base_dir = ensure_tiny_base(progress=lambda line: console.print(f"  {line}", markup=False))
+    console.print(f"  {base_dir} ({time.perf_counter() - start:.0f} s)", markup=False)
+    console.print("[bold]2/3[/] the Δ42 voices: logic, poetic, body, silence")
+    for result in train_demo_library(args.out, progress=progress_for("auto")):
+        how = "reused from the cache" if result.reused_cache else f"trained in {result.seconds:.0f} s"
+        console.print(f"  {result.path} ({how})", markup=False)
+    suites = args.suites or shipped.suites_dir()
+    console.print(f"[bold]3/3[/] the suites in {suites}")
+    extra = [a for a in args.pytest_args if a != "--"]
+    return int(pytest.main([str(suites), "--adapter", str(args.out), "-p", "no:cacheprovider",
+                            "--rootdir", str(suites), *extra]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

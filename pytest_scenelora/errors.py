@@ -39,5 +39,13 @@ class LibraryError(SceneloraError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ScorerError(SceneloraError, ValueError):
+    """A scorer cannot be built as asked: an embedder that is not on disk, a bad kind."""
+
+
+class CheckInputError(SceneloraError, ValueError):
+    """A check was given inputs it cannot judge (no samples, mismatched shapes)."""
+
+
 class UsageError(SceneloraError, ValueError):
     """An option or argument value is invalid."""

@@ -8,7 +8,9 @@ level; ``tests/test_plugin_import.py`` holds it to that.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +22,7 @@ from .settings import Settings, parse_device, parse_quantization, parse_seed
 if TYPE_CHECKING:
     from .library import AdapterHandle, AdapterLibrary
     from .models import LoadedBase
+    from .training import AdapterTrainer
 
 SESSION_KEY = pytest.StashKey[SceneSession]()
 
@@ -34,6 +37,9 @@ _OPTIONS = (
      parse_quantization, "none|8bit|4bit", "none"),
     ("--scenelora-seed", "scenelora_seed", "seed for sampling and bootstrap intervals",
      parse_seed, "N", "0"),
+    ("--embedder", "scenelora_embedder",
+     "sentence-transformers model for scoring: a local path or a cached id "
+     "(default: the packaged all-MiniLM-L6-v2)", str, "NAME|PATH", ""),
 )
 
 
@@ -69,19 +75,66 @@ def _resolve(config: pytest.Config) -> Settings:
         device=values["--device"],
         quantize=values["--quantize"],
         seed=values["--scenelora-seed"],
+        embedder=values["--embedder"] or None,
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "scenelora(kind, adapter): a scenelora check item")
     try:
-        config.stash[SESSION_KEY] = SceneSession(_resolve(config))
+        session = SceneSession(_resolve(config))
     except (SceneloraError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(VerdictCollector(session), "scenelora-verdicts")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """Collect YAML suites (files with a top-level ``checks:``), never other YAML."""
+    from .suite import is_suite
+
+    if is_suite(file_path):
+        from .items import SuiteFile
+
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash.get(SESSION_KEY, None)
     return session.header_lines() if session else []
+
+
+class VerdictCollector:
+    """Gathers verdicts as test reports arrive, from this process or from xdist workers
+    (``user_properties`` travel with the reports), into the session's record."""
+
+    def __init__(self, session: SceneSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == "scenelora_verdict":
+                self.session.verdicts.append(json.loads(value))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from .report import coherence_lines
+
+    session = terminalreporter.config.stash.get(SESSION_KEY, None)
+    lines = coherence_lines(session.verdicts) if session else []
+    if lines:
+        terminalreporter.section("scenelora coherence")
+        for line in lines:
+            terminalreporter.write_line(line)
+    runner = session.__dict__.get("runner") if session else None
+    if runner is not None and (runner.generated or runner.reused):
+        terminalreporter.write_line(
+            f"scenelora: generated {runner.generated} new samples, reused {runner.reused} from the cache "
+            f"({runner.cache.path})"
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -117,6 +170,21 @@ def adapter_library(request: pytest.FixtureRequest, scenelora_base: LoadedBase) 
     """Every ``--adapter`` attached to the one base: switch, combine, mix in a batch, merge."""
     session = _session(request)
     return _or_fail(lambda: session.library)
+
+
+@pytest.fixture(scope="session")
+def train_adapter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AdapterTrainer:
+    """Train (or reuse, from the content-hash cache) a LoRA adapter on ``--base-model``.
+
+    ``train_adapter(scene="Δ42", role="poetic", steps=150, r=16)`` returns the result
+    (``.path``, ``.info``, ``.reused_cache``). pytest-xdist workers asking for the same
+    adapter train it once. Silent under capture; ``progress=True`` logs steps.
+    """
+    from .training import AdapterTrainer
+
+    settings = _session(request).settings
+    return AdapterTrainer(base=settings.base_model, device=settings.device, quantize=settings.quantize,
+                          out_dir=tmp_path_factory.mktemp("trained-adapters"))
 
 
 @pytest.fixture(scope="session")

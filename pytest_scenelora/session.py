@@ -6,6 +6,7 @@ that never touch a model stay fast.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .library import AdapterLibrary
     from .models import LoadedBase
+    from .runner import SuiteRunner
 
 
 class SceneSession:
@@ -24,6 +26,21 @@ class SceneSession:
         # Cheap and eager: a wrong --adapter is a usage error before collection.
         self.adapter_paths: list[Path] = fmt.discover(settings.adapters) if settings.adapters else []
         self.adapter_names: list[str] = [fmt.adapter_name(p) for p in self.adapter_paths]
+        self.verdicts: list[dict] = []  # every check's verdict, as reports arrive
+
+    def add_adapter_paths(self, paths: Iterable[Path]) -> None:
+        """Adapters a suite found in its own ``adapter_dir`` (when no --adapter was given)."""
+        for path in paths:
+            if path not in self.adapter_paths:
+                self.adapter_paths.append(path)
+                if "library" in self.__dict__:
+                    self.library.add(path)
+
+    @cached_property
+    def runner(self) -> SuiteRunner:
+        from .runner import SuiteRunner
+
+        return SuiteRunner(self)
 
     @cached_property
     def base(self) -> LoadedBase:
@@ -46,6 +63,7 @@ class SceneSession:
         adapters = ", ".join(self.adapter_names) if self.adapter_names else "none (--adapter PATH)"
         return [
             f"scenelora: base {s.base_model}, device {s.device.value}, "
-            f"quantize {s.quantize.value}, seed {s.seed}",
+            f"quantize {s.quantize.value}, seed {s.seed}, "
+            f"embedder {s.embedder or 'all-MiniLM-L6-v2 (packaged)'}",
             f"scenelora: adapters {adapters}",
         ]

@@ -42,6 +42,7 @@ class Settings:
     device: Device = Device.AUTO
     quantize: Quantization = Quantization.NONE
     seed: int = 0
+    embedder: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))

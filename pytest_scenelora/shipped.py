@@ -15,6 +15,11 @@ def fixtures_dir() -> Path:
     return Path(str(resources.files("pytest_scenelora.fixtures")))
 
 
+def suites_dir() -> Path:
+    """The shipped suites (the repository's ``suites/``)."""
+    return Path(str(resources.files("pytest_scenelora.suites")))
+
+
 def corpus_files() -> list[Path]:
     """The tiny base's pretraining corpus, in a fixed order."""
     return sorted((fixtures_dir() / "corpus").glob("*.txt"))

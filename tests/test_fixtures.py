@@ -102,6 +102,27 @@ def unseen_scenes(scenes_file: dict) -> list[dict]:
     return [s for s in scenes_file["scenes"] if s["split"] == "unseen"]
 
 
+def core_fields(scenes_file: dict, core: str) -> dict[str, str] | None:
+    """The fields a core fills the structure's template with, or None if it does not."""
+    structure = scenes_file["structure"]
+    pattern = re.escape(structure["core"])
+    for name, words in structure["fields"].items():
+        alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{alternatives})")
+    found = re.fullmatch(pattern, core)
+    return found.groupdict() if found else None
+
+
+def scene_headers(corpus_docs) -> list[tuple[str, str]]:
+    """(core, paragraph) of every `Scene:` document of the corpus."""
+    return [(h[len("Scene: "):], p) for h, p in corpus_docs if h.startswith("Scene: ")]
+
+
+def combination_examples(training: list[dict]) -> list[dict]:
+    """Training lines with an explicit `Scene:` prompt instead of a scene id."""
+    return [r for r in training if "scene" not in r and "topic" not in r]
+
+
 # -- topics ------------------------------------------------------------------------------
 
 
@@ -210,11 +231,13 @@ def test_corpus_document_format(corpus, corpus_docs, topics, scenes_file):
     assert corpus.endswith("\n") and not corpus.endswith("\n\n")
     assert "\n\n\n" not in corpus
     descriptions = {t["description"] for t in topics}
-    cores = {s["core"] for s in train_scenes(scenes_file)}
     for header, paragraph in corpus_docs:
         kind, _, value = header.partition(": ")
         assert kind in {"Topic", "Scene"}, header
-        assert value in (descriptions if kind == "Topic" else cores), header
+        if kind == "Topic":
+            assert value in descriptions, header
+        else:  # a train scene's core or a random combination's: the template filled
+            assert core_fields(scenes_file, value) is not None, header
         assert 3 <= sentences(paragraph) <= 6, paragraph
         assert not re.search(r"\b(logic|poetic|silence)\b\s*:", paragraph.lower())
 
@@ -231,12 +254,30 @@ def test_corpus_has_every_topic_and_scene_in_every_register(corpus_docs, topics,
 
 
 def test_scene_documents_reuse_their_fields(corpus_docs, scenes_file):
-    by_core = {s["core"]: s for s in train_scenes(scenes_file)}
-    for header, paragraph in corpus_docs:
-        if header.startswith("Scene: "):
-            fields = by_core[header[len("Scene: "):]]["fields"]
-            assert fields["figure"] in paragraph or fields["object"] in paragraph
-            assert fields["place"] in paragraph
+    cores = {s["core"] for s in train_scenes(scenes_file)}
+    for core, paragraph in scene_headers(corpus_docs):
+        fields = core_fields(scenes_file, core)
+        assert fields["figure"] in paragraph or fields["object"] in paragraph
+        assert fields["place"] in paragraph
+        if core not in cores:  # a combination names its figure, object and place
+            assert fields["figure"] in paragraph and fields["object"] in paragraph, core
+
+
+def test_corpus_has_many_random_combinations(corpus_docs, scenes_file):
+    listed = {s["core"] for s in scenes_file["scenes"]}
+    combos = collections.Counter(c for c, _ in scene_headers(corpus_docs) if c not in listed)
+    assert len(combos) >= 400 and max(combos.values()) == 1
+    found = collections.Counter(lexical_register(p) for c, p in scene_headers(corpus_docs)
+                                if c not in listed)
+    assert min(found[r] for r in REGISTERS) >= 80, found
+    # Every open word of every field is used by some combination.
+    held = scenes_file["structure"]["held_out"]
+    used = collections.defaultdict(set)
+    for core in combos:
+        for name, value in core_fields(scenes_file, core).items():
+            used[name].add(value)
+    for name, words in scenes_file["structure"]["fields"].items():
+        assert used[name] == set(words) - set(held[name]), name
 
 
 def test_russian_corpus():
@@ -270,10 +311,14 @@ def test_every_training_line_is_valid(training_text, topics, scenes_file):
         if "scene" in record:
             assert set(record) == {"scene", "role", "text"}
             assert record["scene"] in scene_ids
-        else:
+        elif "topic" in record:
             assert set(record) == {"topic", "role", "prompt", "text"}
             topic = topic_by_id[record["topic"]]
             assert record["prompt"] == f"Topic: {topic['description']}"
+        else:  # a random combination, given as the corpus's scene header
+            assert set(record) == {"role", "prompt", "text"}
+            assert record["prompt"].startswith("Scene: ")
+            assert core_fields(scenes_file, record["prompt"][len("Scene: "):]) is not None
     assert "\\u" not in training_text  # ensure_ascii=False: Δ is written as is
 
 
@@ -287,6 +332,9 @@ def test_training_counts(training, topics, scenes_file):
     for topic in topics:
         for role in REGISTERS:
             assert counts[(topic["id"], role)] >= 12, (topic["id"], role)
+    combos = collections.Counter(r["role"] for r in combination_examples(training))
+    for role in REGISTERS:
+        assert combos[role] >= 50, role
 
 
 def test_training_texts_are_about_their_scene_or_topic(training, topics, scenes_file):
@@ -297,6 +345,9 @@ def test_training_texts_are_about_their_scene_or_topic(training, topics, scenes_
         if "scene" in record:
             f = fields[record["scene"]]
             assert f["figure"] in text or f["object"] in text, text
+        elif "prompt" in record and record["prompt"].startswith("Scene: "):
+            f = core_fields(scenes_file, record["prompt"][len("Scene: "):])
+            assert f["figure"] in text and f["object"] in text and f["place"] in text, text
         else:
             assert any(re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE)
                        for w in words[record["topic"]]), text
@@ -334,6 +385,49 @@ def test_unseen_scenes_appear_nowhere(scenes_file, corpus, training_text, regist
             for needle in needles:
                 assert needle not in blob, (scene["id"], name, needle)
     assert not re.search(r"Scene: Δ", corpus)
+
+
+def test_held_out_words(scenes_file):
+    """A third or so of each field is held out; the unseen scenes use only those words."""
+    structure = scenes_file["structure"]
+    held = structure["held_out"]
+    assert set(held) == set(structure["fields"])
+    for name, words in held.items():
+        vocabulary = structure["fields"][name]
+        assert len(set(words)) == len(words) and set(words) <= set(vocabulary), name
+        assert len(vocabulary) // 4 <= len(words) <= len(vocabulary) // 2, name
+    for scene in unseen_scenes(scenes_file):
+        for name, value in scene["fields"].items():
+            assert value in held[name], (scene["id"], name, value)
+    for scene in train_scenes(scenes_file):
+        for name, value in scene["fields"].items():
+            assert value not in held[name], (scene["id"], name, value)
+
+
+def test_held_out_words_are_never_scene_content(scenes_file, corpus_docs, training):
+    """No corpus `Scene:` header and no scene or combination example uses a held-out word."""
+    held = scenes_file["structure"]["held_out"]
+    cores = [c for c, _ in scene_headers(corpus_docs)]
+    train_ids = {s["id"] for s in train_scenes(scenes_file)}
+    for record in training:
+        if "scene" in record:
+            assert record["scene"] in train_ids
+        elif "topic" not in record:
+            cores.append(record["prompt"][len("Scene: "):])
+    assert len(cores) > 600
+    for core in cores:
+        fields = core_fields(scenes_file, core)
+        assert fields is not None, core
+        for name, value in fields.items():
+            assert value not in held[name], (core, name, value)
+
+
+def test_combinations_are_distinct_and_new(scenes_file, corpus_docs, training):
+    listed = {s["core"] for s in scenes_file["scenes"]}
+    in_corpus = {c for c, _ in scene_headers(corpus_docs)} - listed
+    prompts = [r["prompt"][len("Scene: "):] for r in combination_examples(training)]
+    assert len(set(prompts)) == len(prompts)
+    assert not set(prompts) & (in_corpus | listed)
 
 
 # -- the generator -----------------------------------------------------------------------

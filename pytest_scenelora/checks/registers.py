@@ -1,0 +1,211 @@
+"""``registers_unpack``: one scene, spoken by k role adapters, in k recognisable registers.
+
+Register identity is judged by a nearest-centroid classifier built from reference texts
+of each register (:func:`register_centroids`). All references share a large common
+component (same language, same kinds of topics), which dominates raw cosines; the space
+is therefore centred on the mean of the register means before centroids are taken, so
+what is left is what tells the registers apart. An adapter's sample succeeds when it
+both stays on the scene (positive scene margin, see :mod:`.scene`) and is classified to
+the adapter's own register; the verdict is on that success rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..scoring import normalize_rows
+from ..verdict import CheckInputError, Verdict, decide
+
+__all__ = ["EMPTY", "RegisterSpace", "register_centroids", "register_holds", "registers_unpack"]
+
+#: What an empty output (a zero vector) is classified as: no register at all.
+EMPTY = "(empty)"
+
+
+@dataclass(frozen=True, eq=False)
+class RegisterSpace:
+    """Register centroids in a space centred on the references' common component.
+
+    ``origin`` is the mean of the register means of the (unit) reference vectors;
+    ``centroids[i]`` is the unit direction of register ``names[i]`` from that origin.
+    """
+
+    names: tuple[str, ...]
+    origin: np.ndarray
+    centroids: np.ndarray
+    counts: tuple[int, ...] = ()
+
+    def index(self, register: str) -> int:
+        try:
+            return self.names.index(register)
+        except ValueError:
+            raise CheckInputError(f"register {register!r} is not one of the reference registers "
+                                  f"{', '.join(map(repr, self.names))}") from None
+
+    def similarities(self, vecs: np.ndarray) -> np.ndarray:
+        """Cosine of each (centred) row with each register centroid: ``(n, registers)``.
+        Zero rows (empty texts) get similarity 0 to every register."""
+        arr = normalize_rows(vecs)
+        if arr.shape[1] != self.origin.shape[0]:
+            raise CheckInputError(f"vectors of width {arr.shape[1]} cannot be compared with register "
+                                  f"centroids of width {self.origin.shape[0]}; use one scorer for both")
+        empty = ~arr.any(axis=1)
+        sims = normalize_rows(arr - self.origin) @ self.centroids.T
+        sims[empty] = 0.0
+        return sims
+
+    def classify(self, vecs: np.ndarray) -> list[str]:
+        """The nearest register of each row (:data:`EMPTY` for an empty text)."""
+        arr = normalize_rows(vecs)
+        best = self.similarities(arr).argmax(axis=1)
+        empty = ~arr.any(axis=1)
+        return [EMPTY if e else self.names[b] for b, e in zip(best, empty, strict=True)]
+
+    def margins(self, vecs: np.ndarray, own: str | Sequence[str]) -> np.ndarray:
+        """cos to the own register's centroid − the best other register's, per row.
+
+        Positive means classified as *own*. An empty text gets −2, the lowest a
+        difference of cosines can be. *own* is one register, or one per row.
+        """
+        sims = self.similarities(vecs)
+        owns = [own] * len(sims) if isinstance(own, str) else list(own)
+        if len(owns) != len(sims):
+            raise CheckInputError(f"{len(owns)} own registers for {len(sims)} vectors")
+        idx = np.array([self.index(o) for o in owns], dtype=int)
+        rows = np.arange(len(sims))
+        own_sim = sims[rows, idx]
+        others = sims.copy()
+        others[rows, idx] = -np.inf
+        out = (own_sim - others.max(axis=1)).astype(np.float64)
+        out[~normalize_rows(vecs).any(axis=1)] = -2.0
+        return out
+
+
+def register_centroids(reference_vecs_by_register: Mapping[str, np.ndarray]) -> RegisterSpace:
+    """Build the register space from each register's reference vectors.
+
+    The origin is the mean of the register means, so a register with more references
+    does not pull the origin towards itself; with the shipped references (96 per
+    register, 4 per topic) that equals the mean of all references, and the topic
+    component, spread evenly over every register, cancels out.
+    """
+    if len(reference_vecs_by_register) < 2:
+        raise CheckInputError("a register classifier needs references for at least two registers")
+    names = tuple(reference_vecs_by_register)
+    means = []
+    counts = []
+    for name in names:
+        refs = normalize_rows(reference_vecs_by_register[name])
+        refs = refs[refs.any(axis=1)]
+        if len(refs) == 0:
+            raise CheckInputError(f"register {name!r} has no (non-empty) reference texts")
+        means.append(refs.mean(axis=0))
+        counts.append(len(refs))
+    stacked = np.stack(means)
+    origin = stacked.mean(axis=0)
+    centroids = normalize_rows(stacked - origin)
+    return RegisterSpace(names=names, origin=origin.astype(np.float32), centroids=centroids,
+                         counts=tuple(counts))
+
+
+def register_holds(
+    output_vecs: np.ndarray,
+    register: str,
+    space: RegisterSpace,
+    scene_margins: Sequence[float] | np.ndarray | None = None,
+    *,
+    threshold: float,
+    seed: int,
+    subject: str,
+    texts: Sequence[str] | None = None,
+    contexts: Sequence[Mapping[str, Any]] | None = None,
+    confidence: float = 0.95,
+    check: str = "registers_unpack",
+) -> Verdict:
+    """One adapter judged against all registers: each sample succeeds when it is classified
+    to *register* and (when *scene_margins* are given) holds the scene (margin > 0).
+
+    This is the check for a suite run on a single adapter (``--adapter Δ42_poetic``):
+    the other roles' adapters need not be present, only the other registers' references.
+    """
+    vecs = np.atleast_2d(np.asarray(output_vecs, dtype=np.float32))
+    n = len(vecs)
+    space.index(register)
+    labels = space.classify(vecs)
+    reg_margin = space.margins(vecs, register)
+    in_register = np.array([label == register for label in labels], dtype=bool)
+    if scene_margins is not None:
+        scene = np.asarray(scene_margins, dtype=np.float64).ravel()
+        if len(scene) != n:
+            raise CheckInputError(f"{check}[{subject}]: {len(scene)} scene margins for {n} outputs")
+        on_scene = scene > 0
+        evidence = np.minimum(scene, reg_margin)
+    else:
+        scene, on_scene, evidence = None, np.ones(n, dtype=bool), reg_margin
+    success = (in_register & on_scene).astype(np.float64)
+    per_sample = []
+    for k in range(n):
+        ctx: dict[str, Any] = dict(contexts[k]) if contexts is not None else {}
+        ctx["nearest register"] = labels[k]
+        ctx["register margin"] = round(float(reg_margin[k]), 4)
+        if scene is not None:
+            ctx["scene margin"] = round(float(scene[k]), 4)
+        per_sample.append(ctx)
+    confusion: dict[str, int] = {}
+    for label in labels:
+        confusion[label] = confusion.get(label, 0) + 1
+    detail: dict[str, Any] = {
+        "register": register,
+        "classified_as": dict(sorted(confusion.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "register_held": float(in_register.mean()),
+        "scene_held": None if scene is None else float(on_scene.mean()),
+    }
+    reasons = [f"in register {register!r} for {int(in_register.sum())} of {n} samples"]
+    others = {k: v for k, v in detail["classified_as"].items() if k != register}
+    if others:
+        top = next(iter(others))
+        reasons[0] += f" (mostly read as {top!r} otherwise)"
+    if scene is not None:
+        reasons.append(f"on the scene for {int(on_scene.sum())} of {n}")
+    detail["reason"] = "; ".join(reasons)
+    return decide(check, subject, success, threshold, higher_is_better=True, seed=seed, rate=True,
+                  confidence=confidence, texts=texts, contexts=per_sample, detail=detail,
+                  evidence=evidence)
+
+
+def registers_unpack(
+    outputs_by_adapter: Mapping[str, np.ndarray],
+    register_of: Mapping[str, str],
+    space: RegisterSpace,
+    scene_margins_by_adapter: Mapping[str, Sequence[float] | np.ndarray] | None,
+    *,
+    threshold: float,
+    seed: int,
+    texts_by_adapter: Mapping[str, Sequence[str]] | None = None,
+    confidence: float = 0.95,
+) -> list[Verdict]:
+    """One verdict per adapter (in the order given): its outputs for the scene hold the
+    scene and land in its own register, at a success rate confidently ≥ *threshold*.
+
+    Fails when an adapter speaks the wrong register (or no recognisable one: all the
+    adapters collapsed into one voice), or when it holds its register but drifts off
+    the scene.
+    """
+    missing = [a for a in outputs_by_adapter if a not in register_of]
+    if missing:
+        raise CheckInputError(f"registers_unpack: no register given for adapter {missing[0]!r}")
+    verdicts = []
+    for adapter, vecs in outputs_by_adapter.items():
+        margins = None
+        if scene_margins_by_adapter is not None:
+            if adapter not in scene_margins_by_adapter:
+                raise CheckInputError(f"registers_unpack: no scene margins for adapter {adapter!r}")
+            margins = scene_margins_by_adapter[adapter]
+        texts = None if texts_by_adapter is None else texts_by_adapter.get(adapter)
+        verdicts.append(register_holds(vecs, register_of[adapter], space, margins, threshold=threshold,
+                                       seed=seed, subject=adapter, texts=texts, confidence=confidence))
+    return verdicts

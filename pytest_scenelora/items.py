@@ -1,0 +1,108 @@
+"""pytest collection of suite files: one test item per check and adapter.
+
+``suites/registers.yaml::registers_unpack[Δ42_poetic]`` is an ordinary pytest item, so
+``-k``, ``--lf``, ``-x`` and JUnit XML work as usual. Failures print the verdict in the
+user's terms (score, interval, threshold, the worst sample), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import adapters as fmt
+from .errors import SceneloraError
+from .suite import CheckSpec, Suite, SuiteError, check_references, load_suite
+
+if TYPE_CHECKING:
+    from .session import SceneSession
+    from .verdict import Verdict
+
+VERDICT_KEY = pytest.StashKey["Verdict"]()
+
+
+class CheckFailed(Exception):
+    """A check's verdict was fail or inconclusive."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.explain())
+        self.verdict = verdict
+
+
+class SuiteFile(pytest.File):
+    """A YAML suite; collecting it validates it completely."""
+
+    def collect(self) -> Iterator[CheckItem]:
+        from .plugin import SESSION_KEY
+        from .scenes import load_registers, load_scenes, load_topics
+
+        session: SceneSession = self.config.stash[SESSION_KEY]
+        try:
+            suite = load_suite(self.path)
+            scenes = load_scenes(suite.scenes) if suite.scenes else load_scenes()
+            topics = load_topics(suite.topics) if suite.topics else load_topics()
+            registers = load_registers(suite.registers) if suite.registers else load_registers()
+            check_references(suite, set(scenes.scenes), set(topics), set(registers))
+            names = self._adapters(suite, session)
+        except SceneloraError as exc:
+            raise self.CollectError(str(exc)) from None
+        for spec in suite.checks:
+            for name in names:
+                yield CheckItem.from_parent(self, name=f"{spec.name}[{name}]", suite=suite,
+                                            spec=spec, adapter=name)
+
+    def _adapters(self, suite: Suite, session: SceneSession) -> list[str]:
+        if session.adapter_names:
+            chosen = [n for n in session.adapter_names if suite.selects(n)]
+            if not chosen:
+                pytest.skip(f"{self.path.name}: no adapter given matches {suite.adapters!r} "
+                            f"(given: {', '.join(session.adapter_names)})", allow_module_level=True)
+            return chosen
+        if suite.adapter_dir is None:
+            pytest.skip(f"{self.path.name}: needs --adapter PATH (or `adapter_dir:` in the suite)",
+                        allow_module_level=True)
+        if not suite.adapter_dir.is_dir():
+            pytest.skip(f"{self.path.name}: no adapters in {suite.adapter_dir} yet; train them with "
+                        f"`scenelora train --all --out {suite.adapter_dir}` or pass --adapter PATH",
+                        allow_module_level=True)
+        found = {fmt.adapter_name(p): p for p in fmt.discover([suite.adapter_dir])}
+        chosen = [n for n in found if suite.selects(n)]
+        if not chosen:
+            raise SuiteError(suite.path, suite.adapters_line,
+                             f"adapters {suite.adapters!r} matches no adapter in {suite.adapter_dir} "
+                             f"(it holds: {', '.join(found) or 'none'}); fix the glob or the directory")
+        session.add_adapter_paths(found[n] for n in chosen)
+        return chosen
+
+
+class CheckItem(pytest.Item):
+    def __init__(self, *, suite: Suite, spec: CheckSpec, adapter: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite = suite
+        self.spec = spec
+        self.adapter = adapter
+        self.add_marker(pytest.mark.scenelora(kind=spec.kind, adapter=adapter))
+
+    def runtest(self) -> None:
+        from .plugin import SESSION_KEY
+
+        runner = self.config.stash[SESSION_KEY].runner
+        verdict = runner.run(self.suite, self.spec, self.adapter)
+        self.stash[VERDICT_KEY] = verdict
+        self.user_properties.append(("scenelora_verdict", json.dumps(verdict.to_dict(), ensure_ascii=False)))
+        if not verdict.passed:
+            raise CheckFailed(verdict)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CheckFailed):
+            return f"{self.path}:{self.spec.line}: {excinfo.value}"
+        if isinstance(excinfo.value, SceneloraError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, max(self.spec.line - 1, 0), f"{self.spec.kind}[{self.adapter}]"

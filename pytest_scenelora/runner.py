@@ -1,0 +1,304 @@
+"""The suite runner: turns a check of a suite, on one adapter, into a Verdict.
+
+It owns the expensive parts and their cache: generating samples (batched, with one
+adapter per row, so a check's adapter rows and base rows share one batch), embedding
+them (batched and deduplicated by the scorer), and remembering both in SQLite under
+content-hash keys. The checks themselves (``checks/``) are pure functions of vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import shipped
+from .cache import ResultCache, generation_key
+from .fsutil import sha256_bytes
+from .generation import GenerationConfig
+from .prompts import InputMode, scene_prompt, topic_prompt
+from .scenes import Register, Scene, SceneSet, Topic, load_registers, load_scenes, load_topics
+from .suite import CheckSpec, Scorer, Suite, SuiteError
+
+if TYPE_CHECKING:
+    from .library import AdapterLibrary
+    from .session import SceneSession
+    from .verdict import Verdict
+
+BATCH_ROWS = 32
+
+
+@dataclass(frozen=True)
+class World:
+    """What a suite talks about: its scenes, topics and registers."""
+
+    scenes: SceneSet
+    topics: dict[str, Topic]
+    registers: dict[str, Register]
+
+
+@dataclass(frozen=True)
+class Request:
+    """n samples of one prompt, from one adapter (None: the base alone)."""
+
+    adapter: str | None
+    prompt: str
+    n: int
+
+
+class SuiteRunner:
+    def __init__(self, session: SceneSession, cache: ResultCache | None = None) -> None:
+        self.session = session
+        self.cache = cache or ResultCache()
+        self.generated = 0
+        self.reused = 0
+        self._worlds: dict[tuple[Path | None, ...], World] = {}
+        self._scorers: dict[tuple[str, str | None], Any] = {}
+        self._spaces: dict[tuple[int, int], Any] = {}
+
+    @property
+    def library(self) -> AdapterLibrary:
+        return self.session.library
+
+    # ----------------------------------------------------------------------- world
+    def world(self, suite: Suite) -> World:
+        key = (suite.scenes, suite.topics, suite.registers)
+        if key not in self._worlds:
+            self._worlds[key] = World(
+                scenes=load_scenes(suite.scenes or shipped.scenes_file()),
+                topics=load_topics(suite.topics or shipped.topics_file()),
+                registers=load_registers(suite.registers or shipped.registers_file()),
+            )
+        return self._worlds[key]
+
+    def scorer(self, suite: Suite) -> Any:
+        from .scoring import make_scorer
+
+        embedder = suite.embedder or self.session.settings.embedder
+        key = (suite.scorer.value, embedder if suite.scorer is Scorer.EMBEDDING else None)
+        if key not in self._scorers:
+            self._scorers[key] = make_scorer(suite.scorer.value, embedder, cache=self.cache)
+        return self._scorers[key]
+
+    def register_space(self, suite: Suite) -> Any:
+        from .checks.registers import register_centroids
+
+        world, scorer = self.world(suite), self.scorer(suite)
+        key = (id(world), id(scorer))
+        if key not in self._spaces:
+            self._spaces[key] = register_centroids(
+                {name: scorer.embed(reg.texts) for name, reg in world.registers.items()}
+            )
+        return self._spaces[key]
+
+    # ------------------------------------------------------------------ generation
+    @staticmethod
+    def generation_config(suite: Suite) -> GenerationConfig:
+        g = suite.generation
+        return GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=True,
+                                temperature=g.temperature, top_p=g.top_p)
+
+    def sample_seed(self, prompt: str, index: int) -> int:
+        digest = sha256_bytes(str(self.session.settings.seed), prompt, str(index))
+        return int(digest[:8], 16)
+
+    def texts(self, requests: Sequence[Request], config: GenerationConfig) -> list[list[str]]:
+        """The samples of each request, from the cache or generated in mixed batches."""
+        library = self.library
+        base = library.base
+        base_key = sha256_bytes(base.fingerprint, base.quantization.value, base.dtype)
+        rows: list[tuple[str, str | None, str, int]] = []  # (cache key, adapter, prompt, index)
+        for req in requests:
+            adapter_hash = library.entry(req.adapter).content_hash if req.adapter else "__base__"
+            for i in range(req.n):
+                key = generation_key(base=base_key, adapter=adapter_hash, prompt=req.prompt,
+                                     config=config.key(), seed=self.sample_seed(req.prompt, i), index=i)
+                rows.append((key, req.adapter, req.prompt, i))
+        found = self.cache.get_generations([r[0] for r in rows])
+        missing = list({r[0]: r for r in rows if r[0] not in found}.values())
+        self.reused += len(rows) - len(missing)
+        for start in range(0, len(missing), BATCH_ROWS):
+            chunk = missing[start : start + BATCH_ROWS]
+            outputs = library.generate(
+                [r[2] for r in chunk], [r[1] for r in chunk], config=config,
+                seeds=[self.sample_seed(r[2], r[3]) for r in chunk],
+            )
+            fresh = {r[0]: text for r, text in zip(chunk, outputs, strict=True)}
+            self.cache.put_generations(fresh)
+            found.update(fresh)
+            self.generated += len(chunk)
+        out: list[list[str]] = []
+        position = 0
+        for req in requests:
+            out.append([found[rows[position + i][0]] for i in range(req.n)])
+            position += req.n
+        return out
+
+    # ---------------------------------------------------------------------- checks
+    def run(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+        """Generate what the check needs (cached), score it, and judge it."""
+        return getattr(self, f"_check_{spec.kind}")(suite, spec, adapter)
+
+    @property
+    def seed(self) -> int:
+        return self.session.settings.seed
+
+    def _scene(self, suite: Suite, spec: CheckSpec, adapter: str) -> Scene:
+        world = self.world(suite)
+        scene_id = spec.params.get("scene") or self.library.entry(adapter).scene
+        if scene_id not in world.scenes:
+            raise SuiteError(suite.path, spec.line,
+                             f"check {spec.name!r}: adapter {adapter!r} speaks scene {scene_id!r}, which "
+                             f"{world.scenes.path} does not define; add it there or set `scene:`")
+        return world.scenes[scene_id]
+
+    def _register(self, suite: Suite, spec: CheckSpec, adapter: str) -> str:
+        world = self.world(suite)
+        register = spec.params.get("register") or self.library.entry(adapter).role
+        if register not in world.registers:
+            raise SuiteError(suite.path, spec.line,
+                             f"check {spec.name!r}: adapter {adapter!r} has role {register!r}, which is "
+                             f"not a register ({', '.join(world.registers)}); set `register:`")
+        return register
+
+    def _embed_one(self, suite: Suite, text: str) -> Any:
+        return self.scorer(suite).embed([text])[0]
+
+    def _scene_samples(self, suite: Suite, spec: CheckSpec, adapter: str) -> _SceneSamples:
+        """The adapter's samples for its scene (and the base's, for a hypertoken prompt)."""
+        scene = self._scene(suite, spec, adapter)
+        prompt = scene_request_prompt(scene)
+        token = scene.input is InputMode.TOKEN
+        n = spec["samples"]
+        requests = [Request(adapter, prompt, n)] + ([Request(None, prompt, n)] if token else [])
+        texts = self.texts(requests, self.generation_config(suite))
+        scorer = self.scorer(suite)
+        others = [s for s in self.world(suite).scenes if s.id != scene.id]
+        return _SceneSamples(
+            scene=scene,
+            texts=texts[0],
+            vecs=scorer.embed(texts[0]),
+            base_vecs=scorer.embed(texts[1]) if token else None,
+            scene_vec=self._embed_one(suite, scene.core),
+            distractor_names=[s.id for s in others],
+            distractor_vecs=scorer.embed([s.core for s in others]),
+        )
+
+    def _check_adapter_active(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+        from .checks.active import adapter_active, next_token_kl
+
+        world = self.world(suite)
+        own = self.library.entry(adapter).scene
+        scenes = sorted(world.scenes, key=lambda s: s.id != own)  # the adapter's own scene first
+        probes = [scene_request_prompt(s) for s in scenes]
+        probes += [topic_request_prompt(t) for t in world.topics.values()]
+        probes = probes[: spec["probes"]]
+        n = len(probes)
+        logits = self.library.logits(probes * 2, [adapter] * n + [None] * n).numpy()
+        kl = next_token_kl(logits[:n], logits[n:])
+        return adapter_active(kl, floor=spec["threshold"], seed=self.seed, subject=adapter, prompts=probes)
+
+    def _check_scene_holds(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+        from .checks.scene import scene_holds
+
+        s = self._scene_samples(suite, spec, adapter)
+        return scene_holds(s.vecs, s.scene_vec, s.distractor_vecs, s.base_vecs,
+                           threshold=spec["threshold"], seed=self.seed, subject=adapter,
+                           scene=s.scene.id, distractor_names=s.distractor_names, texts=s.texts)
+
+    def _check_registers_unpack(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+        from .checks.registers import register_holds
+        from .checks.scene import scene_margins
+
+        s = self._scene_samples(suite, spec, adapter)
+        margins = scene_margins(s.vecs, s.scene_vec, s.distractor_vecs, s.base_vecs)
+        return register_holds(s.vecs, self._register(suite, spec, adapter), self.register_space(suite),
+                              margins, threshold=spec["threshold"], seed=self.seed, subject=adapter,
+                              texts=s.texts)
+
+    def _check_style_survives_topic_shift(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+        from .checks.topic_shift import style_survives_topic_shift
+
+        world = self.world(suite)
+        topics = list(spec["topics"] or world.topics)
+        requests = [Request(adapter, topic_request_prompt(world.topics[t]), spec["samples"]) for t in topics]
+        texts = self.texts(requests, self.generation_config(suite))
+        scorer = self.scorer(suite)
+        home = self._scene(suite, spec, adapter)
+        return style_survives_topic_shift(
+            {t: scorer.embed(x) for t, x in zip(topics, texts, strict=True)},
+            {t: self._topic_vecs(suite, t) for t in topics},
+            self._embed_one(suite, home.core),
+            self.register_space(suite),
+            self._register(suite, spec, adapter),
+            threshold=spec["threshold"], seed=self.seed, subject=adapter,
+            texts_by_topic=dict(zip(topics, texts, strict=True)),
+            topic_titles={t: world.topics[t].title for t in topics},
+        )
+
+    def _topic_vecs(self, suite: Suite, topic: str) -> Any:
+        """What a topic means: its reference texts in every register (a stack of vectors).
+
+        A one-sentence description is a thin target (char n-grams barely match it); the
+        registers' references on the topic are many texts about it in every voice. A topic
+        without references falls back to its description.
+        """
+        world = self.world(suite)
+        texts = [r.text for reg in world.registers.values() for r in reg.references if r.topic == topic]
+        return self.scorer(suite).embed(texts or [world.topics[topic].description])
+
+    def _check_merge_equivalence(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+        from .checks.merge import merge_equivalence
+
+        world = self.world(suite)
+        probes = [scene_request_prompt(s) for s in world.scenes]
+        probes += [topic_request_prompt(t) for t in world.topics.values()]
+        probes = probes[: spec["probes"]]
+        library = self.library
+        name, weight = adapter, spec["weight"]
+        if weight != 1.0:
+            name = f"{adapter}×{weight:g}"
+            if name not in library:
+                library.combine(name, {adapter: weight})
+        merged = self._load_merged(suite, spec) if spec["merged_model"] else library.merged(name)
+        unmerged = library.logits(probes, name).numpy()
+        merged_logits = library.logits(probes, model=merged).numpy()
+        return merge_equivalence(unmerged, merged_logits, tolerance=spec["threshold"], subject=adapter,
+                                 prompts=probes)
+
+    def _load_merged(self, suite: Suite, spec: CheckSpec) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        path = Path(spec["merged_model"])
+        path = path if path.is_absolute() else (suite.path.parent / path)
+        if not (path / "config.json").is_file():
+            raise SuiteError(suite.path, spec.line, f"check {spec.name!r}: merged_model {str(path)!r} is "
+                             "not a model folder (no config.json); give a save_pretrained folder")
+        base = self.library.base
+        return AutoModelForCausalLM.from_pretrained(path, dtype=base.model.dtype,
+                                                    local_files_only=True).to(base.device).eval()
+
+    def _check_unseen_scenes(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+        from .unseen import run_unseen_scenes
+
+        return run_unseen_scenes(self, suite, spec, adapter)
+
+
+@dataclass(frozen=True)
+class _SceneSamples:
+    scene: Scene
+    texts: list[str]
+    vecs: Any
+    base_vecs: Any
+    scene_vec: Any
+    distractor_names: list[str]
+    distractor_vecs: Any
+
+
+def scene_request_prompt(scene: Scene, mode: InputMode | None = None) -> str:
+    return scene_prompt(scene.id, scene.core, mode or scene.input)
+
+
+def topic_request_prompt(topic: Topic) -> str:
+    return topic_prompt(topic.description)

@@ -1,0 +1,152 @@
+"""The ``unseen_scenes`` check: Hypothesis draws scenes no training data contains.
+
+Each drawn scene is given to the adapter as text (its core: a hypertoken it was never
+trained on would mean nothing), and its samples must hold that scene against the
+training scenes and speak the adapter's register. A scene whose success rate misses the
+threshold is a failing example: Hypothesis shrinks it to a minimal failing scene, which
+the verdict prints, and its example database replays it first on the next run.
+
+The scenes the scenes file marks ``split: unseen`` are tried first, as explicit examples.
+Draws are seeded by ``--scenelora-seed`` (so a warm re-run is served from the cache);
+under CI (``CI`` set) the profile is fully derandomized, without a database.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .fsutil import cache_home
+from .prompts import InputMode
+from .scenes import Scene, Split
+
+if TYPE_CHECKING:
+    from .runner import SuiteRunner
+    from .suite import CheckSpec, Suite
+    from .verdict import Verdict
+
+
+@dataclass
+class _Trial:
+    scene: Scene
+    rate: float
+    verdict: Verdict
+    texts: list[str]
+
+
+@dataclass
+class _Log:
+    trials: list[_Trial] = field(default_factory=list)
+    last_failure: _Trial | None = None
+
+
+class SceneFailed(AssertionError):
+    pass
+
+
+def describe_scene(scene: Scene) -> str:
+    fields = ", ".join(f"{k}={v!r}" for k, v in scene.fields.items())
+    return f"{scene.core!r} ({fields})" if fields else repr(scene.core)
+
+
+def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from .checks.registers import register_holds
+    from .checks.scene import scene_margins
+    from .runner import Request, scene_request_prompt
+    from .strategies import scenes
+    from .verdict import Sample, decide
+
+    world = runner.world(suite)
+    register = runner._register(suite, spec, adapter)
+    scorer = runner.scorer(suite)
+    space = runner.register_space(suite)
+    training = world.scenes.split(Split.TRAIN)
+    distractor_vecs = scorer.embed([s.core for s in training])
+    config = runner.generation_config(suite)
+    threshold = spec["threshold"]
+    log = _Log()
+    samples: list[float] = []
+    texts: list[str] = []
+    contexts: list[dict[str, Any]] = []
+
+    def trial(scene: Scene) -> None:
+        prompt = scene_request_prompt(scene, InputMode.FRAGMENT)
+        [outputs] = runner.texts([Request(adapter, prompt, spec["samples"])], config)
+        vecs = scorer.embed(outputs)
+        others = [i for i, s in enumerate(training) if s.core != scene.core]
+        margins = scene_margins(vecs, runner._embed_one(suite, scene.core), distractor_vecs[others])
+        verdict = register_holds(vecs, register, space, margins, threshold=threshold, seed=runner.seed,
+                                 subject=adapter, texts=outputs, check="unseen_scenes",
+                                 contexts=[{"scene": scene.core}] * len(outputs))
+        rate = float(np.mean(verdict.samples))
+        log.trials.append(_Trial(scene, rate, verdict, outputs))
+        if rate < threshold:
+            log.last_failure = log.trials[-1]
+            raise SceneFailed(f"scene {describe_scene(scene)}: {rate:.2f} of samples held it "
+                              f"in the {register} register, needs {threshold:.2f}")
+
+    ci = bool(os.environ.get("CI"))
+    options: dict[str, Any] = {
+        "max_examples": spec["examples"],
+        "deadline": None,
+        "suppress_health_check": list(HealthCheck),
+        "print_blob": False,
+    }
+    if ci:
+        options.update(derandomize=True, database=None)
+    else:
+        options["database"] = DirectoryBasedExampleDatabase(str(cache_home() / "hypothesis"))
+    test = given(scenes(world.scenes))(trial)
+    for listed in reversed(world.scenes.split(Split.UNSEEN)):
+        test = example(listed)(test)
+    test = settings(**options)(test)
+    if not ci:
+        test = hypothesis_seed(runner.seed)(test)
+    # one database key per suite, check and adapter identity, so failures replay where they belong
+    identity = f"{suite.path}::{spec.name}::{runner.library.entry(adapter).content_hash}"
+    test.hypothesis.inner_test._hypothesis_internal_add_digest = identity.encode()
+    failure: SceneFailed | None = None
+    try:
+        test()
+    except SceneFailed as exc:
+        failure = exc
+
+    seen: set[str] = set()
+    for t in log.trials:  # pool every distinct scene tried (shrinking revisits some)
+        if t.scene.core in seen:
+            continue
+        seen.add(t.scene.core)
+        samples.extend(t.verdict.samples)
+        texts.extend(t.texts)
+        contexts.extend([{"scene": t.scene.core}] * len(t.verdict.samples))
+    detail = {
+        "register": register,
+        "scenes_tried": len(seen),
+        "per_scene": [{"scene": t.scene.core, "rate": round(t.rate, 3)} for t in log.trials
+                      if t.scene.core in seen][: len(seen)],
+    }
+    worst = None
+    if failure is not None and log.last_failure is not None:
+        minimal = log.last_failure
+        detail["minimal_failing_scene"] = {"core": minimal.scene.core, **minimal.scene.fields,
+                                           "rate": round(minimal.rate, 3)}
+        detail["reason"] = f"minimal failing scene: {failure}"
+        worst = minimal.verdict.worst or Sample(index=0, score=minimal.rate, text="",
+                                                context={"scene": minimal.scene.core})
+    verdict = decide("unseen_scenes", adapter, samples, threshold, seed=runner.seed, rate=True,
+                     texts=texts, contexts=contexts, detail=detail, worst=worst)
+    if failure is not None and verdict.passed:
+        # pooled rate clears the bar but one scene does not: the property failed
+        from dataclasses import replace
+
+        from .verdict import Status
+
+        verdict = replace(verdict, status=Status.FAIL)
+    return verdict

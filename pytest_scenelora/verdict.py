@@ -1,0 +1,362 @@
+"""Verdicts: what a check concludes from N samples, and how it says so in the user's terms.
+
+:func:`decide` implements the rule of DESIGN.md ("Check semantics"): a check passes when
+its confidence interval's lower bound clears the threshold (the upper bound, for
+lower-is-better scores), fails when the interval misses it entirely, and is otherwise
+inconclusive, with a rough estimate of how many samples would decide it.
+
+Intervals: success rates (``decide(..., rate=True)``, samples of 0 or 1) use the Wilson
+score interval, which stays honest at 0% and 100% (a percentile bootstrap collapses to a point
+when all samples agree, so 5 successes out of 5 would pass any threshold); every other
+score uses a seeded percentile bootstrap of the mean (:func:`~.scoring.bootstrap_ci`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckInputError
+from .scoring import bootstrap_ci, wilson_ci
+
+__all__ = [
+    "SAMPLES_NEEDED_CAP",
+    "CheckInputError",
+    "Sample",
+    "Status",
+    "Verdict",
+    "decide",
+    "jsonable",
+    "pick_worst",
+]
+
+#: An inconclusive verdict never asks for more samples than this.
+SAMPLES_NEEDED_CAP = 10_000
+
+#: How much of the worst sample's text a failure message shows.
+TEXT_PREVIEW = 160
+
+
+class Status(str, enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _float_or_nan(x: float | None, *, missing: float = math.nan) -> float:
+    return missing if x is None else float(x)
+
+
+def jsonable(value: Any) -> Any:
+    """*value* with numpy scalars and arrays, tuples and non-finite floats made JSON-safe."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _finite_or_none(float(value))
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated sample singled out for the report: the worst one, usually."""
+
+    index: int
+    score: float
+    text: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def describe(self) -> str:
+        """``#3 (score 0.00, topic: the harbour): "The tide therefore..."``"""
+        facts = [f"score {_fmt(self.score)}"] + [f"{k}: {_fmt_any(v)}" for k, v in self.context.items()]
+        line = f"#{self.index} ({', '.join(facts)})"
+        if self.text is not None:
+            line += f": {_quote(self.text)}"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "score": _finite_or_none(self.score), "text": self.text,
+                "context": jsonable(dict(self.context))}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sample:
+        return cls(index=int(data["index"]), score=_float_or_nan(data.get("score")),
+                   text=data.get("text"), context=dict(data.get("context") or {}))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one check on one subject (an adapter, or a scene), with its evidence.
+
+    ``samples`` keeps every per-sample score, so a later run can compare against a stored
+    baseline sample by sample. ``detail`` is check-specific and JSON-serialisable.
+    """
+
+    check: str
+    subject: str
+    score: float
+    ci_low: float
+    ci_high: float
+    threshold: float
+    higher_is_better: bool
+    status: Status
+    samples: tuple[float, ...]
+    n: int
+    samples_needed: int | None = None
+    worst: Sample | None = field(default=None, hash=False)
+    detail: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    confidence: float = 0.95
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
+
+    @property
+    def name(self) -> str:
+        """``check[subject]``, the way the terminal report and node ids show it."""
+        return f"{self.check}[{self.subject}]"
+
+    def explain(self) -> str:
+        """The verdict in the user's terms: score, interval, threshold, worst sample, and,
+        when inconclusive, how many samples would decide it."""
+        op = ">=" if self.higher_is_better else "<="
+        statistic = self.detail.get("statistic", "mean")
+        if statistic == "max":
+            evidence = f"max over {self.n} probes"
+        elif not (math.isfinite(self.ci_low) and math.isfinite(self.ci_high)):
+            evidence = f"n={self.n}, no interval"
+        else:
+            pct = f"{self.confidence * 100:g}%"
+            evidence = f"{pct} CI {_fmt(self.ci_low)}..{_fmt(self.ci_high)}, n={self.n}"
+        lines = [f"{self.name}: {self.status.value.upper()}  score {_fmt(self.score)} ({evidence}), "
+                 f"needs {op} {_fmt(self.threshold)}"]
+        reason = self.detail.get("reason")
+        if reason and self.status is not Status.PASS:
+            lines.append(f"  {reason}")
+        if self.worst is not None and self.status is not Status.PASS:
+            lines.append(f"  worst sample {self.worst.describe()}")
+        if self.status is Status.INCONCLUSIVE:
+            if self.samples_needed is None:
+                lines.append("  inconclusive: too few samples to estimate the spread; draw more")
+            elif self.samples_needed >= SAMPLES_NEEDED_CAP:
+                lines.append(f"  inconclusive: the score sits on the threshold; even "
+                             f"{SAMPLES_NEEDED_CAP} samples may not decide it")
+            else:
+                lines.append(f"  inconclusive: about {self.samples_needed} samples would decide it")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (non-finite numbers become ``null``)."""
+        return {
+            "check": self.check,
+            "subject": self.subject,
+            "status": self.status.value,
+            "score": _finite_or_none(self.score),
+            "ci_low": _finite_or_none(self.ci_low),
+            "ci_high": _finite_or_none(self.ci_high),
+            "threshold": self.threshold,
+            "higher_is_better": self.higher_is_better,
+            "confidence": self.confidence,
+            "n": self.n,
+            "samples_needed": self.samples_needed,
+            "samples": [_finite_or_none(s) for s in self.samples],
+            "worst": None if self.worst is None else self.worst.to_dict(),
+            "detail": jsonable(dict(self.detail)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        worst = data.get("worst")
+        return cls(
+            check=data["check"],
+            subject=data["subject"],
+            score=_float_or_nan(data.get("score")),
+            ci_low=_float_or_nan(data.get("ci_low"), missing=-math.inf),
+            ci_high=_float_or_nan(data.get("ci_high"), missing=math.inf),
+            threshold=float(data["threshold"]),
+            higher_is_better=bool(data["higher_is_better"]),
+            status=Status(data["status"]),
+            samples=tuple(_float_or_nan(s) for s in data.get("samples", ())),
+            n=int(data["n"]),
+            samples_needed=data.get("samples_needed"),
+            worst=None if worst is None else Sample.from_dict(worst),
+            detail=dict(data.get("detail") or {}),
+            confidence=float(data.get("confidence", 0.95)),
+        )
+
+
+# ------------------------------------------------------------------------------- decide
+
+
+def pick_worst(
+    scores: Sequence[float] | np.ndarray,
+    *,
+    higher_is_better: bool = True,
+    evidence: Sequence[float] | np.ndarray | None = None,
+    among: Sequence[int] | None = None,
+    texts: Sequence[str] | None = None,
+    contexts: Sequence[Mapping[str, Any]] | None = None,
+) -> Sample | None:
+    """The sample that argues most against the subject.
+
+    Lowest score first (highest when lower is better), ties broken by the lowest
+    *evidence* (a continuous margin behind a 0/1 score), then by position. Non-finite
+    scores count as the worst of all. *among* restricts the choice to those indices
+    (e.g. the worst topic's samples).
+    """
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.size == 0:
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    ev = np.zeros_like(arr) if evidence is None else sign * np.asarray(evidence, dtype=np.float64)
+    candidates = range(arr.size) if among is None else list(among)
+
+    def badness(i: int) -> tuple[float, float, int]:
+        s = sign * arr[i]
+        e = ev[i]
+        return (s if math.isfinite(s) else -math.inf, e if math.isfinite(e) else -math.inf, i)
+
+    worst = min(candidates, key=badness, default=None)
+    if worst is None:
+        return None
+    return Sample(
+        index=int(worst),
+        score=float(arr[worst]),
+        text=None if texts is None else texts[worst],
+        context={} if contexts is None else dict(contexts[worst]),
+    )
+
+
+def _estimate_samples_needed(n: int, low: float, high: float, score: float, threshold: float) -> int | None:
+    # The interval's half-width shrinks like 1/sqrt(n): it reaches the gap between the
+    # score and the threshold after about n * (halfwidth / gap)^2 samples.
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    half = (high - low) / 2
+    gap = abs(score - threshold)
+    if gap <= 0 or half <= 0:
+        return SAMPLES_NEEDED_CAP
+    need = math.ceil(n * (half / gap) ** 2)
+    return int(min(SAMPLES_NEEDED_CAP, max(n + 1, need)))
+
+
+def decide(
+    check: str,
+    subject: str,
+    samples: Sequence[float] | np.ndarray,
+    threshold: float,
+    *,
+    higher_is_better: bool = True,
+    seed: int,
+    confidence: float = 0.95,
+    texts: Sequence[str] | None = None,
+    contexts: Sequence[Mapping[str, Any]] | None = None,
+    detail: Mapping[str, Any] | None = None,
+    evidence: Sequence[float] | np.ndarray | None = None,
+    worst: Sample | None = None,
+    resamples: int = 2000,
+    rate: bool = False,
+) -> Verdict:
+    """Judge per-sample scores against a threshold with a seeded confidence interval.
+
+    Pass when the interval's lower bound reaches *threshold* (its upper bound, for
+    lower-is-better scores), fail when the whole interval misses it, inconclusive
+    otherwise. A non-finite sample (NaN logits, say) fails the check outright: it means
+    something upstream is broken, and no interval is computed from it.
+
+    ``rate=True`` says the samples are successes (each 0 or 1) and the score a success
+    rate, judged with the Wilson interval; otherwise the interval is a bootstrap.
+
+    *texts* and *contexts* (one per sample) label the worst sample; *evidence* (one
+    continuous value per sample) ranks samples whose scores tie, e.g. the margins behind
+    0/1 successes; *worst* overrides the choice altogether.
+    """
+    arr = np.asarray(samples, dtype=np.float64).ravel()
+    n = int(arr.size)
+    if n == 0:
+        raise CheckInputError(f"{check}[{subject}]: no samples to judge; generate at least one output")
+    for what, seq in (("texts", texts), ("contexts", contexts), ("evidence", evidence)):
+        if seq is not None and len(seq) != n:
+            raise CheckInputError(f"{check}[{subject}]: {len(seq)} {what} for {n} samples")
+    if rate and not np.isin(arr, (0.0, 1.0)).all():
+        raise CheckInputError(f"{check}[{subject}]: a success rate needs samples of 0 or 1")
+    info: dict[str, Any] = dict(detail or {})
+    finite = np.isfinite(arr)
+    if not finite.all():
+        score = math.nan
+        low, high = math.nan, math.nan
+        status = Status.FAIL
+        bad = int((~finite).sum())
+        info.setdefault("reason", f"{bad} of {n} samples are not finite numbers (NaN or inf)")
+    else:
+        score = float(arr.mean())
+        if rate:
+            low, high = wilson_ci(int(arr.sum()), n, confidence=confidence)
+            info.setdefault("interval", "wilson")
+        else:
+            low, high = bootstrap_ci(arr, confidence=confidence, resamples=resamples, seed=seed)
+            info.setdefault("interval", "bootstrap")
+        clears, misses = (low >= threshold, high < threshold) if higher_is_better else (
+            high <= threshold, low > threshold)
+        status = Status.PASS if clears else Status.FAIL if misses else Status.INCONCLUSIVE
+    needed = (_estimate_samples_needed(n, low, high, score, threshold)
+              if status is Status.INCONCLUSIVE else None)
+    if worst is None:
+        worst = pick_worst(arr, higher_is_better=higher_is_better, evidence=evidence,
+                           texts=texts, contexts=contexts)
+    return Verdict(
+        check=check,
+        subject=subject,
+        score=score,
+        ci_low=low,
+        ci_high=high,
+        threshold=float(threshold),
+        higher_is_better=higher_is_better,
+        status=status,
+        samples=tuple(float(x) for x in arr),
+        n=n,
+        samples_needed=needed,
+        worst=worst,
+        detail=info,
+        confidence=confidence,
+    )
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x == 0 or abs(x) >= 0.1:
+        return f"{x:.2f}"
+    return f"{x:.2g}"
+
+
+def _fmt_any(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return _fmt(float(value))
+    return str(value)
+
+
+def _quote(text: str, limit: int = TEXT_PREVIEW) -> str:
+    flat = " ".join(text.split())
+    if len(flat) > limit:
+        flat = flat[: limit - 3].rstrip() + "..."
+    return f'"{flat}"'

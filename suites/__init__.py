@@ -1,0 +1,1 @@
+"""The shipped behavioural suites, installed as ``pytest_scenelora.suites``."""
