@@ -254,8 +254,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     suites = args.suites or shipped.suites_dir()
     console.print(f"[bold]3/3[/] the suites in {suites}")
     extra = [a for a in args.pytest_args if a != "--"]
-    return int(pytest.main([str(suites), "--adapter", str(args.out), "-p", "no:cacheprovider",
+    code = int(pytest.main([str(suites), "--adapter", str(args.out), "-p", "no:cacheprovider",
                             "--rootdir", str(suites), *extra]))
+    if code == pytest.ExitCode.TESTS_FAILED:
+        # the demo shows verdicts; gating on them is `pytest suites/ --adapter ...`'s job
+        console.print(f"demo finished in {time.perf_counter() - start:.0f} s: some checks failed "
+                      "(see the coherence report above)")
+        return 0
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
