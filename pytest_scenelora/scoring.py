@@ -18,6 +18,7 @@ importing it (as the plugin does on every pytest run) stays cheap.
 
 from __future__ import annotations
 
+import abc
 import enum
 import hashlib
 import math
@@ -222,18 +223,20 @@ def wilson_ci(successes: int, n: int, *, confidence: float = 0.95) -> tuple[floa
 # ---------------------------------------------------------------------- the two scorers
 
 
-class _CachingScorer:
+class _CachingScorer(abc.ABC):
     """Dedup and cache plumbing shared by the scorers; subclasses implement ``_encode``."""
 
     key: str
     cache: VectorCache | None
 
-    def _encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """Vectors for *texts* (all distinct, none cached), one row each."""
 
     @property
-    def dim(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Width of the vectors."""
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One float32 row per text, L2-normalised (an empty or blank text gives a zero row).
