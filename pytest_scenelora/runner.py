@@ -185,15 +185,19 @@ class SuiteRunner:
             distractor_vecs=scorer.embed([s.core for s in others]),
         )
 
+    def _probes(self, suite: Suite, spec: CheckSpec, adapter: str) -> list[str]:
+        """Probe prompts: every scene (the adapter's own first), then every topic."""
+        world = self.world(suite)
+        own = self.library.entry(adapter).scene
+        scenes = sorted(world.scenes, key=lambda s: s.id != own)
+        probes = [scene_request_prompt(s) for s in scenes]
+        probes += [topic_request_prompt(t) for t in world.topics.values()]
+        return probes[: spec["probes"]]
+
     def _check_adapter_active(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
         from .checks.active import adapter_active, next_token_kl
 
-        world = self.world(suite)
-        own = self.library.entry(adapter).scene
-        scenes = sorted(world.scenes, key=lambda s: s.id != own)  # the adapter's own scene first
-        probes = [scene_request_prompt(s) for s in scenes]
-        probes += [topic_request_prompt(t) for t in world.topics.values()]
-        probes = probes[: spec["probes"]]
+        probes = self._probes(suite, spec, adapter)
         n = len(probes)
         logits = self.library.logits(probes * 2, [adapter] * n + [None] * n).numpy()
         kl = next_token_kl(logits[:n], logits[n:])
@@ -251,10 +255,7 @@ class SuiteRunner:
     def _check_merge_equivalence(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
         from .checks.merge import merge_equivalence
 
-        world = self.world(suite)
-        probes = [scene_request_prompt(s) for s in world.scenes]
-        probes += [topic_request_prompt(t) for t in world.topics.values()]
-        probes = probes[: spec["probes"]]
+        probes = self._probes(suite, spec, adapter)
         library = self.library
         name, weight = adapter, spec["weight"]
         if weight != 1.0:
