@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Subcommands that live beside the modules they drive."""
+    from .cli_report import add_report_commands
     from .cli_train import add_train_command
 
-    return [add_train_command, add_demo_command]
+    return [add_train_command, add_demo_command, add_report_commands]
 
 
 # -------------------------------------------------------------------------------- demo

@@ -26,11 +26,15 @@ VERDICT_KEY = pytest.StashKey["Verdict"]()
 
 
 class CheckFailed(Exception):
-    """A check's verdict was fail or inconclusive."""
+    """A check's verdict was fail or inconclusive, or it regressed against the baseline."""
 
-    def __init__(self, verdict: Verdict) -> None:
-        super().__init__(verdict.explain())
+    def __init__(self, verdict: Verdict, regression: str | None = None) -> None:
+        lines = [] if verdict.passed else [verdict.explain()]
+        if regression:
+            lines.append(f"regressed: {regression}" if lines else regression)
+        super().__init__("\n".join(lines))
         self.verdict = verdict
+        self.regression = regression
 
 
 class SuiteFile(pytest.File):
@@ -94,8 +98,50 @@ class CheckItem(pytest.Item):
         verdict = runner.run(self.suite, self.spec, self.adapter)
         self.stash[VERDICT_KEY] = verdict
         self.user_properties.append(("scenelora_verdict", json.dumps(verdict.to_dict(), ensure_ascii=False)))
-        if not verdict.passed:
-            raise CheckFailed(verdict)
+        record = self.record(verdict)
+        self.user_properties.append(("scenelora_record", json.dumps(record, ensure_ascii=False)))
+        regression = record["baseline"]["line"] if record["baseline"] and \
+            record["baseline"]["change"] == "regressed" else None
+        if not verdict.passed or regression:
+            raise CheckFailed(verdict, regression)
+
+    def record(self, verdict: Verdict) -> dict[str, Any]:
+        """What the results document keeps of this item besides the verdict itself (which
+        travels as ``scenelora_verdict``): where the check is, what ran it, and how it
+        compares with the baseline. Built here, on the worker that loaded the models."""
+        from .plugin import SESSION_KEY
+
+        session = self.config.stash[SESSION_KEY]
+        try:
+            suite = self.path.relative_to(self.config.rootpath).as_posix()
+        except ValueError:
+            suite = self.path.as_posix()
+        record: dict[str, Any] = {
+            "id": self.nodeid, "suite": suite, "line": self.spec.line, "name": self.spec.name,
+            "kind": self.spec.kind, "adapter": self.adapter, "tolerance": self.spec.params.get("tolerance"),
+            "baseline": None,
+        }
+        if "library" in session.__dict__:
+            library = session.library
+            base = library.base
+            record["base"] = {"model": session.settings.base_model, "name": base.name,
+                              "fingerprint": base.fingerprint, "device": base.device, "dtype": base.dtype,
+                              "quantization": base.quantization.value}
+            if self.adapter in library:
+                entry = library.entry(self.adapter)
+                record["adapter_info"] = {
+                    "content_hash": entry.content_hash, "scene": entry.scene, "role": entry.role,
+                    "path": str(entry.info.path) if entry.info is not None else None,
+                }
+        if session.baseline is not None:
+            from .baseline import baseline_date, compare_record
+
+            stored = next((r for r in session.baseline["results"] if r["id"] == self.nodeid), None)
+            comparison = compare_record(stored, {**record, "verdict": verdict.to_dict()},
+                                        seed=session.settings.seed,
+                                        baseline_date=baseline_date(session.baseline))
+            record["baseline"] = {**comparison.to_dict(), "line": comparison.line()}
+        return record
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, CheckFailed):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,13 @@ _OPTIONS = (
     ("--embedder", "scenelora_embedder",
      "sentence-transformers model for scoring: a local path or a cached id "
      "(default: the packaged all-MiniLM-L6-v2)", str, "NAME|PATH", ""),
+    ("--scenelora-json", "scenelora_json",
+     "write every verdict (per-sample scores, intervals, adapters, environment) to PATH as JSON",
+     str, "PATH", ""),
+    ("--scenelora-html", "scenelora_html",
+     "write a self-contained HTML report (heatmap, register map, sample texts) to PATH", str, "PATH", ""),
+    ("--scenelora-baseline", "scenelora_baseline",
+     "fail checks that regress against this stored results file", str, "PATH", ""),
 )
 
 
@@ -55,6 +63,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, ini, help_text, type_, metavar, _default in _OPTIONS:
         group.addoption(flag, dest=ini, type=type_, metavar=metavar, default=None, help=help_text)
         parser.addini(ini, help_text, default=None)
+    group.addoption("--scenelora-update-baseline", action="store_true", default=None,
+                    dest="scenelora_update_baseline",
+                    help="store this run's results as the baseline (--scenelora-baseline PATH), "
+                         "keeping stored checks that did not run")
+    parser.addini("scenelora_update_baseline", "store this run's results as the baseline",
+                  type="bool", default=False)
 
 
 def _resolve(config: pytest.Config) -> Settings:
@@ -76,6 +90,11 @@ def _resolve(config: pytest.Config) -> Settings:
         quantize=values["--quantize"],
         seed=values["--scenelora-seed"],
         embedder=values["--embedder"] or None,
+        json_path=values["--scenelora-json"] or None,
+        html_path=values["--scenelora-html"] or None,
+        baseline_path=values["--scenelora-baseline"] or None,
+        update_baseline=bool(config.getoption("scenelora_update_baseline")
+                             or config.getini("scenelora_update_baseline")),
     )
 
 
@@ -83,6 +102,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scenelora(kind, adapter): a scenelora check item")
     try:
         session = SceneSession(_resolve(config))
+        session.baseline  # noqa: B018  a bad baseline file is a usage error, before any test runs
     except (SceneloraError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
@@ -106,35 +126,60 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 class VerdictCollector:
-    """Gathers verdicts as test reports arrive, from this process or from xdist workers
-    (``user_properties`` travel with the reports), into the session's record."""
+    """Gathers verdicts and their records as test reports arrive, from this process or from
+    xdist workers (``user_properties`` travel with the reports), into the session's
+    record; the process that saw them all publishes the JSON, HTML and baseline."""
 
     def __init__(self, session: SceneSession) -> None:
         self.session = session
+        self.published: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
-        for name, value in report.user_properties:
-            if name == "scenelora_verdict":
-                self.session.verdicts.append(json.loads(value))
+        props = dict(report.user_properties)
+        if "scenelora_verdict" in props:
+            verdict = json.loads(props["scenelora_verdict"])
+            self.session.verdicts.append(verdict)
+            if "scenelora_record" in props:
+                self.session.records.append({**json.loads(props["scenelora_record"]), "verdict": verdict})
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(session.config, "workerinput"):  # an xdist worker: the controller publishes
+            return
+        from .publish import publish, session_document
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from .report import coherence_lines
+        self.document = session_document(self.session.records, self.session.settings, self.session.baseline)
+        self.published = publish(self.document, self.session.settings)
 
-    session = terminalreporter.config.stash.get(SESSION_KEY, None)
-    lines = coherence_lines(session.verdicts) if session else []
-    if lines:
-        terminalreporter.section("scenelora coherence")
-        for line in lines:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        from .github import annotations, in_github_actions
+        from .report import record_summary, render_coherence
+
+        config = terminalreporter.config
+        records = self.session.records
+        if records:
+            baseline = (getattr(self, "document", None) or {}).get("baseline")
+            if config.get_verbosity() < 0:
+                terminalreporter.write_line(record_summary(records, baseline=baseline))
+            else:
+                terminalreporter.section("scenelora coherence")
+                tw = config.get_terminal_writer()
+                terminalreporter.write(render_coherence(records, color=tw.hasmarkup, width=tw.fullwidth,
+                                                        baseline=baseline))
+            if in_github_actions():
+                for line in annotations(records, root=config.rootpath,
+                                        workspace=os.environ.get("GITHUB_WORKSPACE")):
+                    terminalreporter.write_line(line)
+        for line in self.published:
             terminalreporter.write_line(line)
-    runner = session.__dict__.get("runner") if session else None
-    if runner is not None and (runner.generated or runner.reused):
-        terminalreporter.write_line(
-            f"scenelora: generated {runner.generated} new samples, reused {runner.reused} from the cache "
-            f"({runner.cache.path})"
-        )
+        runner = self.session.__dict__.get("runner")
+        if runner is not None and (runner.generated or runner.reused):
+            terminalreporter.write_line(
+                f"scenelora: generated {runner.generated} new samples, reused {runner.reused} from the cache "
+                f"({runner.cache.path})"
+            )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -214,12 +214,15 @@ class SuiteRunner:
     def _check_registers_unpack(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
         from .checks.registers import register_holds
         from .checks.scene import scene_margins
+        from .projection import with_register_map
 
         s = self._scene_samples(suite, spec, adapter)
         margins = scene_margins(s.vecs, s.scene_vec, s.distractor_vecs, s.base_vecs)
-        return register_holds(s.vecs, self._register(suite, spec, adapter), self.register_space(suite),
-                              margins, threshold=spec["threshold"], seed=self.seed, subject=adapter,
-                              texts=s.texts)
+        space = self.register_space(suite)
+        verdict = register_holds(s.vecs, self._register(suite, spec, adapter), space,
+                                 margins, threshold=spec["threshold"], seed=self.seed, subject=adapter,
+                                 texts=s.texts)
+        return with_register_map(verdict, space, s.vecs)  # for the HTML report's register map
 
     def _check_style_survives_topic_shift(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
         from .checks.topic_shift import style_survives_topic_shift

@@ -27,6 +27,7 @@ class SceneSession:
         self.adapter_paths: list[Path] = fmt.discover(settings.adapters) if settings.adapters else []
         self.adapter_names: list[str] = [fmt.adapter_name(p) for p in self.adapter_paths]
         self.verdicts: list[dict] = []  # every check's verdict, as reports arrive
+        self.records: list[dict] = []  # every check item's record for the results document
 
     def add_adapter_paths(self, paths: Iterable[Path]) -> None:
         """Adapters a suite found in its own ``adapter_dir`` (when no --adapter was given)."""
@@ -35,6 +36,16 @@ class SceneSession:
                 self.adapter_paths.append(path)
                 if "library" in self.__dict__:
                     self.library.add(path)
+
+    @cached_property
+    def baseline(self) -> dict | None:
+        """The stored results this run is gated against (None: no gate, or it is being
+        rewritten by --scenelora-update-baseline)."""
+        if not self.settings.baseline_path or self.settings.update_baseline:
+            return None
+        from .results import load_document
+
+        return load_document(self.settings.baseline_path, what="baseline")
 
     @cached_property
     def runner(self) -> SuiteRunner:

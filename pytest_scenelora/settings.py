@@ -43,6 +43,10 @@ class Settings:
     quantize: Quantization = Quantization.NONE
     seed: int = 0
     embedder: str | None = None
+    json_path: str | None = None  # --scenelora-json
+    html_path: str | None = None  # --scenelora-html
+    baseline_path: str | None = None  # --scenelora-baseline
+    update_baseline: bool = False  # --scenelora-update-baseline
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))
@@ -51,3 +55,6 @@ class Settings:
             raise ValueError("--base-model is empty; use 'tiny', a preset, a directory or an HF id")
         if self.seed < 0:
             raise ValueError(f"--scenelora-seed {self.seed!r} is negative; seeds are 0 or more")
+        if self.update_baseline and not self.baseline_path:
+            raise ValueError("--scenelora-update-baseline needs --scenelora-baseline FILE (or "
+                             "scenelora_baseline in [tool.pytest.ini_options]) to say where to write it")

@@ -79,6 +79,20 @@ KINDS: dict[str, dict[str, Param]] = {
         "merged_model": Param(str, None, help="a merged checkpoint to verify (default: merge here)"),
     },
 }
+#: How far a score may drop below a stored baseline (``--scenelora-baseline``) before the
+#: drop counts as a regression, in each check's own unit; a suite sets it per check with
+#: ``tolerance:``. A drop must also be significant (a paired bootstrap) to regress.
+TOLERANCES = {
+    "adapter_active": 0.02,  # nats of KL
+    "scene_holds": 0.02,  # contrastive margin
+    "registers_unpack": 0.05,  # success rate
+    "style_survives_topic_shift": 0.05,
+    "unseen_scenes": 0.05,
+    "merge_equivalence": 1e-3,  # logit units (lower is better: a rise regresses)
+}
+for _kind, _tolerance in TOLERANCES.items():
+    KINDS[_kind]["tolerance"] = Param(float, _tolerance, 0.0, 100.0,
+                                      "largest drop from the baseline that is not a regression")
 COMMON = {"kind", "name"}
 
 

@@ -297,6 +297,8 @@ def decide(
     if rate and not np.isin(arr, (0.0, 1.0)).all():
         raise CheckInputError(f"{check}[{subject}]: a success rate needs samples of 0 or 1")
     info: dict[str, Any] = dict(detail or {})
+    if texts is not None:  # every sample's text, by index, for the HTML report's details
+        info.setdefault("sample_texts", [None if t is None else str(t) for t in texts])
     finite = np.isfinite(arr)
     if not finite.all():
         score = math.nan

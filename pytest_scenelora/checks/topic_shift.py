@@ -115,4 +115,5 @@ def style_survives_topic_shift(
                    f"at {per_topic[worst_topic]:.0%}"),
     }
     return decide("style_survives_topic_shift", subject, success, threshold, higher_is_better=True,
-                  seed=seed, rate=True, confidence=confidence, detail=detail, worst=worst)
+                  seed=seed, rate=True, confidence=confidence, detail=detail, worst=worst,
+                  texts=texts if texts_by_topic is not None else None)

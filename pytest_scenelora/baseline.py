@@ -1,0 +1,261 @@
+"""The gate: this run against a stored baseline, check by check.
+
+A check *regresses* when its score moves the wrong way by more than its ``tolerance``
+(a per-check suite key, :data:`~.suite.TOLERANCES` by default) **and** the move is
+significant: the confidence interval of the change, from a paired bootstrap over the
+per-sample scores, excludes zero. Samples are seeded, so sample *i* of the baseline and
+sample *i* of the candidate answer the same prompt with the same seed; pairing them
+removes the prompt-to-prompt spread from the comparison. When the sample counts differ
+(a suite changed ``samples:``) the two means are bootstrapped independently instead.
+Deterministic checks (``merge_equivalence``, scored by the max over probes) have no
+noise: their change is exact.
+
+An improvement is reported, never failed. Pure functions; the baseline file itself is
+written by :func:`update_baseline` (atomic, under a file lock).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fsutil import file_lock
+from .results import load_document, merge_documents, write_document
+
+__all__ = ["Change", "Comparison", "compare_documents", "compare_record", "paired_bootstrap",
+           "update_baseline"]
+
+DEFAULT_RESAMPLES = 4000
+
+
+class Change(str, enum.Enum):
+    REGRESSED = "regressed"
+    IMPROVED = "improved"
+    UNCHANGED = "unchanged"  # within tolerance, or not significant
+    NEW = "new"  # not in the baseline
+    MISSING = "missing"  # in the baseline, not in this run
+
+
+def paired_bootstrap(
+    baseline: Sequence[float] | np.ndarray,
+    candidate: Sequence[float] | np.ndarray,
+    *,
+    seed: int,
+    confidence: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> tuple[float, float, float, bool]:
+    """(mean change, CI low, CI high, paired) of ``candidate - baseline``.
+
+    Paired (the same resampled indices for both) when the lengths match; independent
+    resampling of each mean otherwise. Fewer than two samples on either side give an
+    unbounded interval: nothing can be significant on one sample.
+    """
+    a = np.asarray(baseline, dtype=np.float64).ravel()
+    b = np.asarray(candidate, dtype=np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError("a comparison needs samples on both sides")
+    delta = float(b.mean() - a.mean())
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return delta, math.nan, math.nan, a.size == b.size
+    if a.size < 2 or b.size < 2:
+        return delta, -math.inf, math.inf, a.size == b.size
+    rng = np.random.default_rng(seed)
+    tail = (1 - confidence) / 2
+    if a.size == b.size:
+        diffs = b - a
+        if np.all(diffs == diffs[0]):
+            return delta, float(diffs[0]), float(diffs[0]), True
+        idx = rng.integers(0, diffs.size, size=(resamples, diffs.size))
+        means = diffs[idx].mean(axis=1)
+        paired = True
+    else:
+        means = (b[rng.integers(0, b.size, size=(resamples, b.size))].mean(axis=1)
+                 - a[rng.integers(0, a.size, size=(resamples, a.size))].mean(axis=1))
+        paired = False
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return delta, float(low), float(high), paired
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One check of one adapter, this run against the baseline."""
+
+    id: str
+    name: str
+    adapter: str
+    change: Change
+    baseline_score: float | None
+    score: float | None
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+    tolerance: float
+    higher_is_better: bool = True
+    confidence: float = 0.95
+    paired: bool = True
+    exact: bool = False
+    baseline_date: str = ""
+
+    @property
+    def regressed(self) -> bool:
+        return self.change is Change.REGRESSED
+
+    def line(self) -> str:
+        """One line, e.g.
+        ``Δ42_poetic registers_unpack: 0.81 → 0.62 (−0.19, 95% CI −0.25..−0.12), baseline of 2025-06-01``"""
+        head = f"{self.adapter} {self.name}"
+        of = f"baseline of {self.baseline_date or 'unknown date'}"
+        if self.change is Change.NEW:
+            return f"{head}: {fmt(self.score)} (new: not in the {of})"
+        if self.change is Change.MISSING:
+            return f"{head}: not run (was {fmt(self.baseline_score)} in the {of})"
+        if self.exact or self.ci_low is None or self.ci_high is None:
+            evidence = f"{signed(self.delta)}, exact" if self.exact else signed(self.delta)
+        else:
+            evidence = (f"{signed(self.delta)}, {self.confidence * 100:g}% CI "
+                        f"{signed(self.ci_low)}..{signed(self.ci_high)}")
+        word = {Change.REGRESSED: "", Change.IMPROVED: "improved ", Change.UNCHANGED: ""}[self.change]
+        return f"{head}: {word}{fmt(self.baseline_score)} → {fmt(self.score)} ({evidence}), {of}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["change"] = self.change.value
+        for key in ("baseline_score", "score", "delta", "ci_low", "ci_high"):
+            value = out[key]
+            out[key] = None if value is None or not math.isfinite(value) else float(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
+        fields = dict(data)
+        fields["change"] = Change(fields["change"])
+        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+
+def fmt(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "nan" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x == 0 or abs(x) >= 0.1:
+        return f"{x:.2f}"
+    return f"{x:.2g}"
+
+
+def signed(x: float | None) -> str:
+    """``+0.19`` / ``−0.19`` (a real minus sign, as a report should print it)."""
+    if x is None or not math.isfinite(x):
+        return fmt(x)
+    text = fmt(abs(x))
+    return ("−" if x < 0 else "+") + text
+
+
+def _score(verdict: Mapping[str, Any]) -> float:
+    value = verdict.get("score")
+    return math.nan if value is None else float(value)
+
+
+def _samples(verdict: Mapping[str, Any]) -> np.ndarray:
+    return np.array([math.nan if s is None else float(s) for s in verdict.get("samples") or ()],
+                    dtype=np.float64)
+
+
+def compare_record(
+    baseline: Mapping[str, Any] | None,
+    candidate: Mapping[str, Any] | None,
+    *,
+    seed: int = 0,
+    baseline_date: str = "",
+    tolerance: float | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> Comparison:
+    """Compare one record of a results document with its baseline record.
+
+    *tolerance* defaults to the candidate's own (the suite as it is now decides), then
+    the baseline's, then 0.
+    """
+    some = candidate or baseline
+    assert some is not None, "compare_record needs at least one side"
+    verdict = some["verdict"]
+    if tolerance is None:
+        tolerance = next((float(r["tolerance"]) for r in (candidate, baseline)
+                          if r is not None and r.get("tolerance") is not None), 0.0)
+    common = {"id": some["id"], "name": some.get("name") or verdict["check"],
+              "adapter": some.get("adapter") or verdict["subject"], "tolerance": tolerance,
+              "higher_is_better": bool(verdict["higher_is_better"]),
+              "confidence": float(verdict.get("confidence", 0.95)), "baseline_date": baseline_date}
+    if baseline is None or candidate is None:
+        return Comparison(change=Change.NEW if baseline is None else Change.MISSING,
+                          baseline_score=None if baseline is None else _score(baseline["verdict"]),
+                          score=None if candidate is None else _score(candidate["verdict"]),
+                          delta=None, ci_low=None, ci_high=None, **common)
+    old, new = baseline["verdict"], candidate["verdict"]
+    old_score, new_score = _score(old), _score(new)
+    hib = common["higher_is_better"]
+    exact = "max" in ((old.get("detail") or {}).get("statistic"), (new.get("detail") or {}).get("statistic"))
+    old_samples, new_samples = _samples(old), _samples(new)
+    if exact or old_samples.size == 0 or new_samples.size == 0:
+        delta = new_score - old_score
+        low = high = delta
+        paired, exact = True, True
+    else:
+        _mean_delta, low, high, paired = paired_bootstrap(old_samples, new_samples, seed=seed,
+                                                          confidence=common["confidence"],
+                                                          resamples=resamples)
+        delta = new_score - old_score
+    if not math.isfinite(old_score):
+        change = Change.UNCHANGED if not math.isfinite(new_score) else Change.IMPROVED
+    elif not math.isfinite(new_score):
+        change = Change.REGRESSED  # a broken candidate (NaN scores) is the worst regression
+    else:
+        worse = -delta if hib else delta
+        if hib:
+            worse_significant, better_significant = high < 0, low > 0
+        else:
+            worse_significant, better_significant = low > 0, high < 0
+        if worse > tolerance and worse_significant:
+            change = Change.REGRESSED
+        elif -worse > tolerance and better_significant:
+            change = Change.IMPROVED
+        else:
+            change = Change.UNCHANGED
+    return Comparison(change=change, baseline_score=old_score, score=new_score, delta=delta,
+                      ci_low=low, ci_high=high, paired=paired, exact=exact, **common)
+
+
+def baseline_date(document: Mapping[str, Any]) -> str:
+    return str(document.get("created") or "")[:10]
+
+
+def compare_documents(
+    baseline: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    *,
+    seed: int | None = None,
+) -> list[Comparison]:
+    """Every record of either document compared, in id order (the baseline's seed by default)."""
+    if seed is None:
+        seed = int((candidate.get("environment") or {}).get("seed") or 0)
+    old = {r["id"]: r for r in baseline["results"]}
+    new = {r["id"]: r for r in candidate["results"]}
+    date = baseline_date(baseline)
+    return [compare_record(old.get(key), new.get(key), seed=seed, baseline_date=date)
+            for key in sorted(old.keys() | new.keys())]
+
+
+def update_baseline(path: Path, document: Mapping[str, Any]) -> dict[str, Any]:
+    """Store *document* as the baseline at *path*, keeping records this run did not
+    produce; atomic, and under a file lock so two sessions never lose each other's
+    records. Returns what was written."""
+    path = Path(path)
+    with file_lock(path):
+        old = load_document(path, what="baseline") if path.exists() else None
+        merged = merge_documents(old, document)
+        merged["baseline"] = None
+        merged["results"] = [{k: v for k, v in r.items() if k != "baseline"} for r in merged["results"]]
+        write_document(path, merged)
+    return merged
