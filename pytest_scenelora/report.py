@@ -239,7 +239,7 @@ def render_coherence(records: Sequence[Mapping[str, Any]], *, color: bool, width
                       legacy_windows=False, soft_wrap=False)
     console.print(table)
     console.print(Text("━ 95% interval  ● score  ┃ threshold", style="dim"))
-    console.print(Text(record_summary(records, baseline=baseline), style="bold"))
+    console.print(Text(record_summary(records, baseline=baseline), style="bold"), soft_wrap=True)
     text = out.getvalue()
     return text if color else "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 

@@ -1,0 +1,124 @@
+"""The baseline gate as pure functions: the paired bootstrap, one comparison, the update."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_scenelora.baseline import Change, compare_record, paired_bootstrap, update_baseline
+from pytest_scenelora.results import ResultsFileError, build_document, load_document
+from pytest_scenelora.verdict import decide
+
+
+def rec(scores, *, name: str = "registers_unpack", adapter: str = "Δ42_poetic", threshold: float = 0.5,
+        higher_is_better: bool = True, tolerance: float = 0.05, rate: bool = False) -> dict:
+    verdict = decide(name, adapter, scores, threshold, seed=0, higher_is_better=higher_is_better, rate=rate)
+    return {"id": f"s.yaml::{name}[{adapter}]", "suite": "s.yaml", "line": 3, "name": name,
+            "adapter": adapter, "tolerance": tolerance, "verdict": verdict.to_dict()}
+
+
+PROMPT_EFFECT = np.random.default_rng(42).normal(0.7, 0.15, 40)  # per-prompt spread that pairing cancels
+
+
+def test_paired_bootstrap_sees_a_small_consistent_drop_that_unpaired_noise_hides() -> None:
+    after = PROMPT_EFFECT - 0.04 + np.random.default_rng(1).normal(0, 0.01, 40)
+    delta, low, high, paired = paired_bootstrap(PROMPT_EFFECT, after, seed=0)
+    assert paired and high < 0 and low < delta < high
+    _, _, u_high, u_paired = paired_bootstrap(PROMPT_EFFECT, after[:-1], seed=0)
+    assert not u_paired and u_high > 0  # independent resampling: the prompt spread swamps it
+
+
+def test_paired_bootstrap_degenerate_inputs() -> None:
+    assert paired_bootstrap([0.5, 0.5], [0.5, 0.5], seed=0) == (0.0, 0.0, 0.0, True)
+    delta, low, high, _ = paired_bootstrap([0.5], [0.1], seed=0)
+    assert math.isclose(delta, -0.4) and low == -math.inf and high == math.inf
+    assert paired_bootstrap([0.1, 0.2], [0.1, 0.2], seed=1) == paired_bootstrap([0.1, 0.2], [0.1, 0.2], seed=1)
+
+
+def test_a_significant_drop_beyond_tolerance_regresses_with_one_line() -> None:
+    base = rec(np.r_[np.ones(26), np.zeros(6)], rate=True)
+    cand = rec(np.r_[np.ones(20), np.zeros(12)], rate=True)  # the same prompts, six more misses
+    c = compare_record(base, cand, seed=0, baseline_date="2025-06-01")
+    assert c.change is Change.REGRESSED
+    assert c.line().startswith("Δ42_poetic registers_unpack: 0.81 → 0.62 (−0.19, 95% CI −")
+    assert c.line().endswith("), baseline of 2025-06-01")
+
+
+def test_a_drop_within_tolerance_or_not_significant_does_not_regress() -> None:
+    base = rec(PROMPT_EFFECT)
+    assert compare_record(base, rec(PROMPT_EFFECT - 0.03)).change is Change.UNCHANGED  # < tolerance 0.05
+    noisy = PROMPT_EFFECT - 0.08 + np.random.default_rng(2).normal(0, 0.5, 40)  # a drop lost in noise
+    c = compare_record(base, rec(noisy), seed=0)
+    assert c.ci_high > 0 and c.change is Change.UNCHANGED
+    assert compare_record(base, rec(PROMPT_EFFECT)).change is Change.UNCHANGED  # retrained identically
+
+
+def test_an_improvement_is_reported_not_failed() -> None:
+    c = compare_record(rec(PROMPT_EFFECT), rec(PROMPT_EFFECT + 0.1))
+    assert c.change is Change.IMPROVED and not c.regressed
+    assert "improved 0." in c.line()
+
+
+def test_lower_is_better_checks_regress_upwards_and_deterministic_ones_exactly() -> None:
+    def merge(diffs):
+        r = rec(diffs, name="merge_equivalence", threshold=1e-3, higher_is_better=False, tolerance=1e-3)
+        r["verdict"]["detail"]["statistic"] = "max"
+        r["verdict"]["score"] = max(diffs)
+        return r
+
+    c = compare_record(merge([1e-6, 2e-6]), merge([1e-6, 0.5]))
+    assert c.change is Change.REGRESSED and c.exact
+    assert "(+0.50, exact)" in c.line()
+    assert compare_record(merge([1e-6, 2e-6]), merge([1e-6, 3e-4])).change is Change.UNCHANGED
+
+
+def test_a_broken_candidate_regresses_and_new_or_missing_checks_are_named() -> None:
+    base = rec(PROMPT_EFFECT)
+    broken = rec(np.r_[PROMPT_EFFECT[:-1], np.nan])
+    assert compare_record(base, broken).change is Change.REGRESSED
+    assert compare_record(None, base).change is Change.NEW
+    missing = compare_record(base, None, baseline_date="2025-06-01")
+    assert missing.change is Change.MISSING and "not run" in missing.line()
+
+
+def test_the_suite_tolerance_wins_over_the_baseline_one() -> None:
+    base, cand = rec(PROMPT_EFFECT, tolerance=0.5), rec(PROMPT_EFFECT - 0.1, tolerance=0.01)
+    assert compare_record(base, cand).change is Change.REGRESSED
+
+
+def document(*records: dict, created: str = "2025-06-01T00:00:00Z") -> dict:
+    return build_document(records, settings={"base_model": "tiny", "seed": 0}, created=created)
+
+
+def test_update_keeps_checks_this_run_did_not_produce(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    a, b = rec(PROMPT_EFFECT, adapter="Δ42_logic"), rec(PROMPT_EFFECT, adapter="Δ42_poetic")
+    update_baseline(path, document(a, b))
+    update_baseline(path, document(rec(PROMPT_EFFECT - 0.2, adapter="Δ42_poetic")))
+    stored = {r["adapter"]: r for r in load_document(path, what="baseline")["results"]}
+    assert set(stored) == {"Δ42_logic", "Δ42_poetic"}
+    assert stored["Δ42_poetic"]["verdict"]["score"] == pytest.approx(PROMPT_EFFECT.mean() - 0.2)
+
+
+def test_concurrent_updates_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    docs = [document(rec(PROMPT_EFFECT, adapter=f"Δ42_r{i}")) for i in range(8)]
+    threads = [threading.Thread(target=update_baseline, args=(path, d)) for d in docs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(load_document(path)["results"]) == 8
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_malformed_baseline_is_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    path.write_text("{oops")
+    with pytest.raises(ResultsFileError, match=r"baseline\.json: the baseline is not valid JSON"):
+        update_baseline(path, document(rec(PROMPT_EFFECT)))
+    assert path.read_text() == "{oops"
