@@ -144,6 +144,34 @@ class VerdictCollector:
             if "scenelora_record" in props:
                 self.session.records.append({**json.loads(props["scenelora_record"]), "verdict": verdict})
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """A progress bar for generation, only where a person watches a terminal: not in an
+        xdist worker, not under ``-q``, not when stdout is a pipe or a file."""
+        config = session.config
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if hasattr(config, "workerinput") or reporter is None or not reporter.isatty or \
+                config.get_verbosity() < 0:
+            return
+        import sys
+
+        from .progress import TerminalProgress
+
+        tw = config.get_terminal_writer()
+        capman = config.pluginmanager.get_plugin("capturemanager")
+
+        def begin() -> None:
+            reporter.ensure_newline()
+            if tw.width_of_current_line:
+                tw.line()
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        self.session.progress = TerminalProgress(
+            write, width=tw.fullwidth, begin=begin,
+            suspend=capman.global_and_fixture_disabled if capman is not None else None)
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(session.config, "workerinput"):  # an xdist worker: the controller publishes

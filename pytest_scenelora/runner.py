@@ -8,7 +8,7 @@ content-hash keys. The checks themselves (``checks/``) are pure functions of vec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,8 @@ class SuiteRunner:
         self._worlds: dict[tuple[Path | None, ...], World] = {}
         self._scorers: dict[tuple[str, str | None], Any] = {}
         self._spaces: dict[tuple[int, int], Any] = {}
+        #: called as (what, done, total) while generating; the plugin draws it on a terminal
+        self.progress: Callable[[str, int, int], None] = lambda what, done, total: None
 
     @property
     def library(self) -> AdapterLibrary:
@@ -118,16 +120,23 @@ class SuiteRunner:
         found = self.cache.get_generations([r[0] for r in rows])
         missing = list({r[0]: r for r in rows if r[0] not in found}.values())
         self.reused += len(rows) - len(missing)
-        for start in range(0, len(missing), BATCH_ROWS):
-            chunk = missing[start : start + BATCH_ROWS]
-            outputs = library.generate(
-                [r[2] for r in chunk], [r[1] for r in chunk], config=config,
-                seeds=[self.sample_seed(r[2], r[3]) for r in chunk],
-            )
-            fresh = {r[0]: text for r, text in zip(chunk, outputs, strict=True)}
-            self.cache.put_generations(fresh)
-            found.update(fresh)
-            self.generated += len(chunk)
+        names = ", ".join(dict.fromkeys(r[1] or "base" for r in missing))
+        what = f"generating {len(missing)} samples ({names})"
+        try:
+            for start in range(0, len(missing), BATCH_ROWS):
+                self.progress(what, start, len(missing))
+                chunk = missing[start : start + BATCH_ROWS]
+                outputs = library.generate(
+                    [r[2] for r in chunk], [r[1] for r in chunk], config=config,
+                    seeds=[self.sample_seed(r[2], r[3]) for r in chunk],
+                )
+                fresh = {r[0]: text for r, text in zip(chunk, outputs, strict=True)}
+                self.cache.put_generations(fresh)
+                found.update(fresh)
+                self.generated += len(chunk)
+        finally:
+            if missing:  # done (or failed): the bar goes away
+                self.progress(what, len(missing), len(missing))
         out: list[list[str]] = []
         position = 0
         for req in requests:

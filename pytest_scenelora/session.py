@@ -6,7 +6,7 @@ that never touch a model stay fast.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ class SceneSession:
         self.adapter_names: list[str] = [fmt.adapter_name(p) for p in self.adapter_paths]
         self.verdicts: list[dict] = []  # every check's verdict, as reports arrive
         self.records: list[dict] = []  # every check item's record for the results document
+        self.progress: Callable[[str, int, int], None] | None = None  # a terminal progress bar
 
     def add_adapter_paths(self, paths: Iterable[Path]) -> None:
         """Adapters a suite found in its own ``adapter_dir`` (when no --adapter was given)."""
@@ -51,7 +52,10 @@ class SceneSession:
     def runner(self) -> SuiteRunner:
         from .runner import SuiteRunner
 
-        return SuiteRunner(self)
+        runner = SuiteRunner(self)
+        if self.progress is not None:
+            runner.progress = self.progress
+        return runner
 
     @cached_property
     def base(self) -> LoadedBase:

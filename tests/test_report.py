@@ -61,6 +61,7 @@ def test_xdist_session_prints_the_plain_matrix(xdist_run) -> None:
     out = proc.stdout
     assert proc.returncode == 1, out  # the random voices are in no register: registers_unpack fails
     assert not ANSI.search(out)  # not a terminal: plain text
+    assert "░" not in out and "█" not in out  # and no progress bar
     section = out[out.index("scenelora coherence"):]
     header = next(line for line in section.splitlines() if line.startswith("adapter"))
     assert header.split() == ["adapter", "adapter_active", "registers_unpack", "merge_equivalence"]
@@ -150,6 +151,7 @@ def test_colour_and_github_actions_annotations(pytester, voices, tiny_base_dir, 
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
     assert ANSI.search(out)  # --color=yes on a pipe: coloured
+    assert "░" not in out  # but a pipe gets no progress bar
     annotations = [line for line in out.splitlines() if line.startswith("::error ")]
     assert len(annotations) == 2, out
     assert annotations[0].startswith(

@@ -194,3 +194,20 @@ def test_results_document_is_valid_json_without_nan(records, tmp_path: Path) -> 
     path = tmp_path / "r.json"
     write_document(path, build_document(records, settings={"base_model": "tiny", "seed": 0}))
     json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_progress_is_drawn_in_place_and_erased_when_done() -> None:
+    from pytest_scenelora.progress import TerminalProgress, progress_line
+
+    written: list[str] = []
+    began: list[bool] = []
+    progress = TerminalProgress(written.append, width=60, begin=lambda: began.append(True), min_interval=0)
+    progress("generating 64 samples (Δ42_poetic)", 0, 64)
+    progress("generating 64 samples (Δ42_poetic)", 32, 64)
+    progress("generating 64 samples (Δ42_poetic)", 64, 64)
+    assert began == [True]
+    assert written[1].startswith("\rscenelora: ████████████░░░░░░░░░░░░ 32/64 generating")
+    assert all(len(w) <= 61 for w in written) and written[1].endswith("…")
+    assert written[-1].strip() == "" and written[-1].startswith("\r") and written[-1].endswith("\r")
+    assert progress_line("x", 1, 2, 200) == "scenelora: ████████████░░░░░░░░░░░░ 1/2 x"
+
