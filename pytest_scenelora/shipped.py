@@ -1,7 +1,10 @@
 """Files shipped with the package: corpus, scenes, registers and training data.
 
-They live in the repository's ``fixtures/`` folder, installed as the
-``pytest_scenelora.fixtures`` package, so a checkout and a wheel find them alike.
+They live in the repository's ``fixtures/`` and ``suites/`` folders, installed as the
+``pytest_scenelora.fixtures`` and ``pytest_scenelora.suites`` packages. A source
+checkout that shadows the installed package (``python -m pytest_scenelora.cli`` run
+from the repository root) has no such subpackages on disk, so the folders next to
+the package are used instead: a checkout and a wheel find the same files.
 """
 
 from __future__ import annotations
@@ -9,15 +12,27 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _shipped(package: str, folder: str) -> Path:
+    try:
+        return Path(str(resources.files(f"pytest_scenelora.{package}")))
+    except ModuleNotFoundError:
+        in_checkout = _CHECKOUT / folder
+        if in_checkout.is_dir():
+            return in_checkout
+        raise
+
 
 def fixtures_dir() -> Path:
     """The directory holding the shipped fixtures."""
-    return Path(str(resources.files("pytest_scenelora.fixtures")))
+    return _shipped("fixtures", "fixtures")
 
 
 def suites_dir() -> Path:
     """The shipped suites (the repository's ``suites/``)."""
-    return Path(str(resources.files("pytest_scenelora.suites")))
+    return _shipped("suites", "suites")
 
 
 def corpus_files() -> list[Path]:

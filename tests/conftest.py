@@ -88,3 +88,19 @@ def make_adapter(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
                     base_model="tiny", base_fingerprint=fp)
 
     return make
+
+
+#: Modules that register torch operators when first imported. pytester's in-process runs
+#: drop every module the inner run imported, and a second import of one of these raises
+#: "Tried to register an operator ... multiple times"; imported here first, they survive.
+OPERATOR_REGISTERING = ("torch", "torch.distributed", "transformers", "peft", "bitsandbytes",
+                        "sentence_transformers")
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
+    import importlib
+
+    for name in OPERATOR_REGISTERING:
+        importlib.import_module(name)
+    return pytester
