@@ -9,7 +9,8 @@ what lets generations be cached per sample and batched freely.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,6 +44,10 @@ DEFAULT_CONFIG = GenerationConfig()
 
 
 def _sample_row(logits: Any, config: GenerationConfig, generator: Any) -> int:
+    """The reference sampler for one row: what :func:`_sample_rows` computes, row by row.
+
+    Kept as the definition of a sample (tests compare the batched sampler with it).
+    """
     import torch
 
     probs = torch.softmax(logits.float() / config.temperature, dim=-1)
@@ -53,6 +58,162 @@ def _sample_row(logits: Any, config: GenerationConfig, generator: Any) -> int:
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
         return int(order[choice])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _sample_rows(logits: Any, config: GenerationConfig, generators: Sequence[Any]) -> Any:
+    """One token per row, each row drawn from its own generator; equal to
+    ``[_sample_row(logits[i], config, generators[i]) for i in rows]``, batched.
+
+    torch draws one multinomial sample as ``argmax(p / q)`` with ``q`` exponential(1)
+    noise from the generator (the "exponential race", aten's fast path for one sample).
+    Drawing ``q`` per row from the row's generator and doing the rest batched gives the
+    same tokens as the per-row loop without a multinomial call per row and step. The
+    descending sort for top-p is numpy's introsort (a third of ``torch.sort``'s time
+    here): sorted *values* are the same whatever the algorithm, so the nucleus, the
+    renormalised probabilities and the draw are too; only tied values may come out in
+    another order, so a row whose drawn value has an equal neighbour is looked up in
+    ``torch.sort``'s order instead. (Together these were 60% of a 64-row decode on one
+    core.) ``tests/test_generation_speed.py`` holds the two samplers equal, ties included.
+    """
+    import torch
+
+    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    if config.top_p >= 1.0:
+        return _race(probs, generators)[:, 0]
+    order = torch.from_numpy((-probs).numpy().argsort(axis=-1, kind="quicksort"))
+    ranked = probs.gather(-1, order)
+    keep = ranked.cumsum(-1) - ranked < config.top_p
+    nucleus = ranked * keep
+    choice = _race(nucleus / nucleus.sum(-1, keepdim=True), generators)
+    tokens = order.gather(-1, choice)[:, 0]
+    # ties: the drawn rank holds a value equal to a neighbour's; take torch.sort's order there
+    last = ranked.shape[-1] - 1
+    drawn = ranked.gather(-1, choice)
+    tied = (((ranked.gather(-1, (choice - 1).clamp(min=0)) == drawn) & (choice > 0))
+            | ((ranked.gather(-1, (choice + 1).clamp(max=last)) == drawn) & (choice < last)))
+    for row in tied[:, 0].nonzero()[:, 0].tolist():
+        tokens[row] = torch.sort(probs[row], descending=True)[1][int(choice[row, 0])]
+    return tokens
+
+
+def _race(probs: Any, generators: Sequence[Any]) -> Any:
+    """``torch.multinomial(probs[i], 1, generator=generators[i])`` for every row, as one
+    argmax over ``probs / q`` with each row's exponential noise ``q`` from its generator."""
+    import torch
+
+    noise = torch.empty_like(probs)
+    for row, generator in enumerate(generators):
+        noise[row].exponential_(1, generator=generator)
+    return (probs / noise).argmax(dim=-1, keepdim=True)
+
+
+def cpu_threads(model: Any) -> int | None:
+    """How many intra-op threads a decode on *model* should use on CPU (None: leave torch's).
+
+    A small model's ops take microseconds, so fanning each one out to OpenMP threads
+    costs more than it saves, and when the cores are shared (CI runners, xdist workers)
+    threads wait on each other: on a loaded 2-core machine a 64-row decode of the tiny
+    base took 9-44 s on 2 threads and 3.2 s on 1, with identical text. Models of width
+    1024 and up keep torch's default. ``SCENELORA_CPU_THREADS`` overrides both.
+    """
+    import os
+
+    explicit = os.environ.get("SCENELORA_CPU_THREADS")
+    if explicit:
+        return max(1, int(explicit))
+    config = getattr(model, "config", None)
+    width = getattr(config, "hidden_size", None)
+    if width is None and hasattr(model, "get_base_model"):
+        width = getattr(getattr(model.get_base_model(), "config", None), "hidden_size", None)
+    return 1 if isinstance(width, int) and width < 1024 else None
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    import torch
+
+    if count is None or count == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _RowRouting:
+    """One adapter per row, for the whole decode, without PEFT's per-step bookkeeping.
+
+    PEFT's mixed batch (``adapter_names=`` on every forward) registers a pre-hook on every
+    LoRA module per call, then per layer rebuilds the row lists of each adapter in Python
+    and gathers and scatters those rows. Here the rows are sorted so that each adapter's
+    rows are contiguous, and each LoRA ``Linear`` gets, for the duration of the decode, a
+    forward that adds ``B(A(x[s:e])) * scaling`` to ``base(x)[s:e]``: the same arithmetic
+    as PEFT's, on slices instead of gathered copies. Layer types other than plain LoRA
+    ``Linear`` (quantized, DoRA and other variants) keep PEFT's own path.
+    """
+
+    def __init__(self, model: Any, keys: Sequence[str]) -> None:
+        self.model = model
+        self.order = sorted(range(len(keys)), key=lambda i: keys[i])
+        self.groups: list[tuple[str, int, int]] = []
+        for position, row in enumerate(self.order):
+            key = keys[row]
+            if self.groups and self.groups[-1][0] == key:
+                self.groups[-1] = (key, self.groups[-1][1], position + 1)
+            else:
+                self.groups.append((key, position, position + 1))
+        self._patched: list[Any] = []
+
+    @staticmethod
+    def supported(model: Any, keys: Sequence[str]) -> bool:
+        try:
+            from peft import PeftModel
+            from peft.tuners.lora.layer import Linear, LoraLayer
+        except ImportError:  # pragma: no cover - peft is a dependency
+            return False
+        if not isinstance(model, PeftModel):
+            return False
+        wanted = set(keys) - {BASE_ROW}
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                if type(module) is not Linear or wanted & set(module.lora_variant):
+                    return False
+                if getattr(module, "merged", False):
+                    return False
+        return True
+
+    def __enter__(self) -> _RowRouting:
+        from peft.tuners.lora.layer import Linear
+
+        groups = self.groups
+        for module in self.model.modules():
+            if type(module) is Linear:
+                module.forward = _routed_forward.__get__(module)
+                module._scenelora_groups = groups
+                self._patched.append(module)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for module in self._patched:
+            del module.forward
+            del module._scenelora_groups
+        self._patched.clear()
+
+
+def _routed_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    result = self.base_layer(x, *args, **kwargs)
+    dtype = result.dtype
+    for key, start, end in self._scenelora_groups:
+        if key == BASE_ROW or key not in self.lora_A or self.disable_adapters:
+            continue
+        lora_A = self.lora_A[key]
+        sub = x[start:end].to(lora_A.weight.dtype)
+        update = self.lora_B[key](lora_A(self.lora_dropout[key](sub))) * self.scaling[key]
+        result[start:end] += update.to(dtype)
+    return result
 
 
 def generate(
@@ -69,14 +230,45 @@ def generate(
     *adapter_names* are PEFT adapter keys (``__base__`` for the base alone); None runs
     the model as it is (its active adapter). Greedy decoding ignores *seeds*.
     """
-    import torch
-    from transformers import DynamicCache
-
     config = config or DEFAULT_CONFIG
     if not prompts:
         return []
     if adapter_names is not None and len(adapter_names) != len(prompts):
         raise ValueError(f"{len(adapter_names)} adapter names for {len(prompts)} prompts")
+    rows = len(prompts)
+    if config.do_sample:
+        seeds = list(seeds) if seeds is not None else [0] * rows
+    routing = None
+    if adapter_names is not None and _RowRouting.supported(model, adapter_names):
+        routing = _RowRouting(model, adapter_names)
+        prompts = [prompts[i] for i in routing.order]
+        seeds = [seeds[i] for i in routing.order] if config.do_sample else seeds
+    with _threads(cpu_threads(model) if _on_cpu(model) else None):
+        if routing is not None:
+            with routing:
+                texts = _decode(model, tokenizer, prompts, None, config, seeds)
+            out = [""] * rows
+            for position, row in enumerate(routing.order):
+                out[row] = texts[position]
+            return out
+        return _decode(model, tokenizer, prompts, adapter_names, config, seeds)
+
+
+def _on_cpu(model: Any) -> bool:
+    return next(model.parameters()).device.type == "cpu"
+
+
+def _decode(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    adapter_names: Sequence[str] | None,
+    config: GenerationConfig,
+    seeds: Sequence[int] | None,
+) -> list[str]:
+    import torch
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True)
     input_ids = encoded["input_ids"].to(device)
@@ -86,11 +278,10 @@ def generate(
     extra = {"adapter_names": list(adapter_names)} if adapter_names is not None else {}
     generators = None
     if config.do_sample:
-        seeds = list(seeds) if seeds is not None else [0] * rows
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    out_tokens: list[list[int]] = [[] for _ in range(rows)]
+    steps: list[Any] = []
     finished = torch.zeros(rows, dtype=torch.bool)
     cache = DynamicCache()
     with torch.inference_mode():
@@ -102,16 +293,11 @@ def generate(
             if generators is None:
                 chosen = logits.argmax(dim=-1).cpu()
             else:
-                chosen = torch.tensor(
-                    [_sample_row(logits[i].cpu(), config, generators[i]) for i in range(rows)]
-                )
-            for i in range(rows):
-                if not finished[i]:
-                    token = int(chosen[i])
-                    if token == eos:
-                        finished[i] = True
-                    else:
-                        out_tokens[i].append(token)
+                chosen = _sample_rows(logits.cpu(), config, generators)
+            # a row's tokens end at its first eos; later steps feed it padding
+            chosen = torch.where(finished, torch.full_like(chosen, eos), chosen)
+            steps.append(chosen)
+            finished = finished | (chosen == eos)
             if bool(finished.all()):
                 break
             chosen = torch.where(finished, torch.full_like(chosen, pad), chosen)
@@ -120,4 +306,6 @@ def generate(
                            position_ids=next_pos, cache=cache,
                            use_cache=True, **extra)
             next_pos = next_pos + 1
+    table = torch.stack(steps, dim=1).tolist()
+    out_tokens = [row[: row.index(eos)] if eos in row else row for row in table]
     return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in out_tokens]

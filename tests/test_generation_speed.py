@@ -1,0 +1,85 @@
+"""The fast decode paths give exactly the text of the plain ones.
+
+``_sample_rows`` (batched top-p sampling) must draw the tokens of the per-row reference
+sampler, ties included; row routing (contiguous adapter slices instead of PEFT's
+``adapter_names`` per step) must give PEFT's mixed-batch text, greedy and sampled.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_scenelora.generation import (
+    GenerationConfig,
+    _decode,
+    _RowRouting,
+    _sample_row,
+    _sample_rows,
+    cpu_threads,
+    generate,
+)
+
+CONFIGS = [
+    GenerationConfig(do_sample=True, temperature=0.9, top_p=0.95),
+    GenerationConfig(do_sample=True, temperature=0.7, top_p=0.5),
+    GenerationConfig(do_sample=True, temperature=1.3, top_p=1.0),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"T{c.temperature}-p{c.top_p}")
+def test_batched_sampler_draws_the_tokens_of_the_per_row_sampler(config) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    for trial in range(40):
+        logits = torch.randn(8, 4096) * torch.linspace(0.3, 12, 8)[:, None]
+        if trial % 3 == 0:
+            logits[:4, :3000] = logits[:4, :1]  # a wide plateau of exact ties
+        if trial % 3 == 1:
+            logits[::2] = torch.round(logits[::2])  # ties everywhere
+        if trial % 5 == 0:
+            logits[:, 5:40] = logits.max()  # tied favourites
+        seeds = [trial * 100 + i for i in range(8)]
+        expected = [_sample_row(logits[i], config, torch.Generator().manual_seed(s))
+                    for i, s in enumerate(seeds)]
+        drawn = _sample_rows(logits, config, [torch.Generator().manual_seed(s) for s in seeds])
+        assert drawn.tolist() == expected
+
+
+@pytest.fixture(scope="module")
+def library(tiny_base_dir, make_adapter):
+    from pytest_scenelora.library import AdapterLibrary
+    from pytest_scenelora.models import load_base
+
+    # a base of its own: PEFT wraps the model in place, and the session's tiny_base is shared
+    library = AdapterLibrary(load_base(str(tiny_base_dir), device="cpu"))
+    for seed, role in enumerate(["logic", "poetic", "body"]):
+        library.add(make_adapter(f"Δ42_{role}", seed=seed + 10))
+    return library
+
+
+@pytest.mark.parametrize("config", [GenerationConfig(max_new_tokens=16),
+                                    GenerationConfig(max_new_tokens=16, do_sample=True,
+                                                     temperature=0.9, top_p=0.95)],
+                         ids=["greedy", "sampled"])
+def test_row_routing_gives_the_text_of_peft_mixed_batches(library, config) -> None:
+    prompts = ["Topic: a quiet harbour at night\n", "Scene: Δ42\n", "Topic: a cold winter\n"]
+    keys = [e.key for e in library] + ["__base__"]
+    rows = [(p, k) for k in keys for p in prompts]
+    rows = rows[1::2] + rows[::2]  # adapters interleaved, as the runner's batches are
+    names = [k for _, k in rows]
+    seeds = list(range(100, 100 + len(rows)))
+    assert _RowRouting.supported(library.model, names)
+    routed = generate(library.model, library.base.tokenizer, [p for p, _ in rows],
+                      adapter_names=names, config=config, seeds=seeds)
+    peft = _decode(library.model, library.base.tokenizer, [p for p, _ in rows], names, config, seeds)
+    assert routed == peft
+    assert len(set(routed)) > len(prompts)
+    # the patch is gone afterwards: the model runs as PEFT made it
+    assert not any("forward" in vars(m) for m in library.model.modules())
+
+
+def test_small_models_decode_on_one_thread(tiny_base, monkeypatch) -> None:
+    assert cpu_threads(tiny_base.model) == 1
+    monkeypatch.setenv("SCENELORA_CPU_THREADS", "3")
+    assert cpu_threads(tiny_base.model) == 3
