@@ -2,7 +2,8 @@
 
 Generations are keyed by the base fingerprint, the adapter's content hash, the prompt,
 the generation config, the seed and the sample index; vectors by the scorer's content
-key and the text. Never by a file path: renaming an adapter reuses its rows, changing
+key and the text; arrays (the logits that two checks compare) by a hash of everything
+that produced them. Never by a file path: renaming an adapter reuses its rows, changing
 one byte of it does not. The database runs in WAL mode with a busy timeout, and every
 write is an idempotent ``INSERT OR IGNORE`` in a short transaction, so pytest-xdist
 workers share it safely: two workers that race to the same row write the same value.
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     scorer TEXT NOT NULL, text_key TEXT NOT NULL, dim INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (scorer, text_key)
 );
+CREATE TABLE IF NOT EXISTS arrays (key TEXT PRIMARY KEY, meta TEXT NOT NULL, data BLOB NOT NULL);
 """
 
 
@@ -105,6 +107,27 @@ class ResultCache:
             rows.append((scorer_key, text_key(text), int(arr.size), arr.tobytes()))
         self._write("INSERT OR IGNORE INTO vectors (scorer, text_key, dim, data) VALUES (?, ?, ?, ?)",
                     rows)
+
+    # ----------------------------------------------------------------------- arrays
+    def get_array(self, key: str) -> Any:
+        """The numpy array stored under *key*, or None."""
+        import json
+
+        import numpy as np
+
+        row = self._connect().execute("SELECT meta, data FROM arrays WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        meta = json.loads(row[0])
+        return np.frombuffer(row[1], dtype=meta["dtype"]).reshape(meta["shape"]).copy()
+
+    def put_array(self, key: str, array: Any) -> None:
+        import numpy as np
+
+        arr = np.ascontiguousarray(array)
+        meta = canonical_json({"dtype": arr.dtype.str, "shape": list(arr.shape)})
+        self._write("INSERT OR IGNORE INTO arrays (key, meta, data) VALUES (?, ?, ?)",
+                    [(key, meta, arr.tobytes())])
 
     def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)

@@ -107,6 +107,29 @@ def _race(probs: Any, generators: Sequence[Any]) -> Any:
     return (probs / noise).argmax(dim=-1, keepdim=True)
 
 
+def rows_per_batch(model: Any, tokens: int, *, share: float = 0.6, most: int = 512) -> int:
+    """How many rows of *tokens* (prompt plus new) one decode batch on CUDA can hold.
+
+    Per row, the KV cache (2 x layers x kv heads x head width x tokens, in the model's
+    dtype) and the prefill's float32 logits (tokens x vocabulary) dominate; *share* of
+    the memory that ``torch.cuda.mem_get_info`` reports free is spent on them, leaving
+    room for activations and the allocator. A 7B Mistral in bf16 with 80 tokens a row
+    costs ~12 MiB a row, so a 24 GiB card with 9 GiB free takes 450 rows.
+    """
+    import torch
+
+    config = model.config if hasattr(model, "config") else model.get_base_model().config
+    layers = config.num_hidden_layers
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = next(model.parameters()).element_size()
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        width = 2  # activations and cache are in the compute dtype, not the storage one
+    per_row = tokens * (2 * layers * heads * head_dim * width + 4 * config.vocab_size)
+    free, _total = torch.cuda.mem_get_info()
+    return max(1, min(most, int(free * share) // max(per_row, 1)))
+
+
 def cpu_threads(model: Any) -> int | None:
     """How many intra-op threads a decode on *model* should use on CPU (None: leave torch's).
 

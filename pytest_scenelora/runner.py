@@ -4,6 +4,11 @@ It owns the expensive parts and their cache: generating samples (batched, with o
 adapter per row, so a check's adapter rows and base rows share one batch), embedding
 them (batched and deduplicated by the scorer), and remembering both in SQLite under
 content-hash keys. The checks themselves (``checks/``) are pure functions of vectors.
+
+A warm run touches no model: adapters are known by their headers and content hashes,
+the base by its fingerprint, and generations, vectors and the logits that
+``adapter_active`` and ``merge_equivalence`` compare all come from the cache, so the
+base, PEFT and the embedder are loaded only when something is missing.
 """
 
 from __future__ import annotations
@@ -15,18 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from . import shipped
 from .cache import ResultCache, generation_key
-from .fsutil import sha256_bytes
-from .generation import GenerationConfig
+from .fsutil import canonical_json, sha256_bytes
+from .generation import GenerationConfig, rows_per_batch
 from .prompts import InputMode, scene_prompt, topic_prompt
 from .scenes import Register, Scene, SceneSet, Topic, load_registers, load_scenes, load_topics
 from .suite import CheckSpec, Scorer, Suite, SuiteError
 
 if TYPE_CHECKING:
+    from .adapters import AdapterInfo
     from .library import AdapterLibrary
     from .session import SceneSession
     from .verdict import Verdict
 
-BATCH_ROWS = 32
+#: Rows per generation batch on CPU; on CUDA it is chosen from free memory.
+BATCH_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,16 @@ class World:
     scenes: SceneSet
     topics: dict[str, Topic]
     registers: dict[str, Register]
+
+
+@dataclass(frozen=True)
+class AdapterIdentity:
+    """What the runner needs to know of an adapter without loading any model."""
+
+    name: str
+    scene: str | None
+    role: str | None
+    content_hash: str
 
 
 @dataclass(frozen=True)
@@ -58,10 +75,49 @@ class SuiteRunner:
         self._spaces: dict[tuple[int, int], Any] = {}
         #: called as (what, done, total) while generating; the plugin draws it on a terminal
         self.progress: Callable[[str, int, int], None] = lambda what, done, total: None
+        self._headers: dict[str, AdapterInfo] | None = None
+        self._base_key: str | None = None
 
     @property
     def library(self) -> AdapterLibrary:
+        """The adapter library (loads the base and every adapter on first use)."""
         return self.session.library
+
+    @property
+    def model_loaded(self) -> bool:
+        return "library" in self.session.__dict__
+
+    def adapter(self, name: str) -> AdapterIdentity:
+        """An adapter's scene, role and content hash: from the library once it is loaded,
+        else from the adapter files' headers (no model needed)."""
+        from . import adapters as fmt
+
+        if not self.model_loaded:
+            if self._headers is None:
+                self._headers = {}
+                for path in self.session.adapter_paths:
+                    info = fmt.read_adapter(path)
+                    self._headers[info.name] = info
+            info = self._headers.get(fmt.normalize_name(name))
+            if info is not None:
+                return AdapterIdentity(info.name, info.scene, info.role, info.content_hash)
+        entry = self.library.entry(name)
+        return AdapterIdentity(entry.name, entry.scene, entry.role, entry.content_hash)
+
+    def base_key(self) -> str:
+        """The base's identity in cache keys: fingerprint, quantization and dtype."""
+        if self._base_key is None:
+            if "base" in self.session.__dict__:
+                base = self.session.base
+                parts = (base.fingerprint, base.quantization.value, base.dtype)
+            else:
+                from .models import fingerprint, pick_device, pick_dtype, resolve_base
+
+                settings = self.session.settings
+                dtype = str(pick_dtype(pick_device(settings.device))).removeprefix("torch.")
+                parts = (fingerprint(resolve_base(settings.base_model)), settings.quantize.value, dtype)
+            self._base_key = sha256_bytes(*parts)
+        return self._base_key
 
     # ----------------------------------------------------------------------- world
     def world(self, suite: Suite) -> World:
@@ -107,12 +163,10 @@ class SuiteRunner:
 
     def texts(self, requests: Sequence[Request], config: GenerationConfig) -> list[list[str]]:
         """The samples of each request, from the cache or generated in mixed batches."""
-        library = self.library
-        base = library.base
-        base_key = sha256_bytes(base.fingerprint, base.quantization.value, base.dtype)
+        base_key = self.base_key()
         rows: list[tuple[str, str | None, str, int]] = []  # (cache key, adapter, prompt, index)
         for req in requests:
-            adapter_hash = library.entry(req.adapter).content_hash if req.adapter else "__base__"
+            adapter_hash = self.adapter(req.adapter).content_hash if req.adapter else "__base__"
             for i in range(req.n):
                 key = generation_key(base=base_key, adapter=adapter_hash, prompt=req.prompt,
                                      config=config.key(), seed=self.sample_seed(req.prompt, i), index=i)
@@ -123,10 +177,11 @@ class SuiteRunner:
         names = ", ".join(dict.fromkeys(r[1] or "base" for r in missing))
         what = f"generating {len(missing)} samples ({names})"
         try:
-            for start in range(0, len(missing), BATCH_ROWS):
+            batch = self.batch_rows(requests, config) if missing else BATCH_ROWS
+            for start in range(0, len(missing), batch):
                 self.progress(what, start, len(missing))
-                chunk = missing[start : start + BATCH_ROWS]
-                outputs = library.generate(
+                chunk = missing[start : start + batch]
+                outputs = self.library.generate(
                     [r[2] for r in chunk], [r[1] for r in chunk], config=config,
                     seeds=[self.sample_seed(r[2], r[3]) for r in chunk],
                 )
@@ -144,6 +199,28 @@ class SuiteRunner:
             position += req.n
         return out
 
+    def batch_rows(self, requests: Sequence[Request], config: GenerationConfig) -> int:
+        """Rows per batch: :data:`BATCH_ROWS` on CPU, what free memory holds on CUDA."""
+        base = self.library.base
+        if base.device != "cuda":
+            return BATCH_ROWS
+        longest = max(len(base.tokenizer(r.prompt)["input_ids"]) for r in requests)
+        return rows_per_batch(base.model, longest + config.max_new_tokens)
+
+    def cached_logits(self, what: str, adapter: str, probes: Sequence[str], compute: Any,
+                      **identity: Any) -> Any:
+        """Logits computed by *compute()*, kept in the cache under the base, the adapter's
+        content, the probes and *identity*: a warm run loads no model for them."""
+        key = sha256_bytes(canonical_json({
+            "what": what, "base": self.base_key(), "adapter": self.adapter(adapter).content_hash,
+            "probes": list(probes), **identity,
+        }))
+        found = self.cache.get_array(key)
+        if found is None:
+            found = compute()
+            self.cache.put_array(key, found)
+        return found
+
     # ---------------------------------------------------------------------- checks
     def run(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
         """Generate what the check needs (cached), score it, and judge it."""
@@ -155,7 +232,7 @@ class SuiteRunner:
 
     def _scene(self, suite: Suite, spec: CheckSpec, adapter: str) -> Scene:
         world = self.world(suite)
-        scene_id = spec.params.get("scene") or self.library.entry(adapter).scene
+        scene_id = spec.params.get("scene") or self.adapter(adapter).scene
         if scene_id not in world.scenes:
             raise SuiteError(suite.path, spec.line,
                              f"check {spec.name!r}: adapter {adapter!r} speaks scene {scene_id!r}, which "
@@ -164,7 +241,7 @@ class SuiteRunner:
 
     def _register(self, suite: Suite, spec: CheckSpec, adapter: str) -> str:
         world = self.world(suite)
-        register = spec.params.get("register") or self.library.entry(adapter).role
+        register = spec.params.get("register") or self.adapter(adapter).role
         if register not in world.registers:
             raise SuiteError(suite.path, spec.line,
                              f"check {spec.name!r}: adapter {adapter!r} has role {register!r}, which is "
@@ -197,7 +274,7 @@ class SuiteRunner:
     def _probes(self, suite: Suite, spec: CheckSpec, adapter: str) -> list[str]:
         """Probe prompts: every scene (the adapter's own first), then every topic."""
         world = self.world(suite)
-        own = self.library.entry(adapter).scene
+        own = self.adapter(adapter).scene
         scenes = sorted(world.scenes, key=lambda s: s.id != own)
         probes = [scene_request_prompt(s) for s in scenes]
         probes += [topic_request_prompt(t) for t in world.topics.values()]
@@ -208,7 +285,9 @@ class SuiteRunner:
 
         probes = self._probes(suite, spec, adapter)
         n = len(probes)
-        logits = self.library.logits(probes * 2, [adapter] * n + [None] * n).numpy()
+        logits = self.cached_logits(
+            "adapter-and-base-next-token-logits", adapter, probes,
+            lambda: self.library.logits(probes * 2, [adapter] * n + [None] * n).numpy())
         kl = next_token_kl(logits[:n], logits[n:])
         return adapter_active(kl, floor=spec["threshold"], seed=self.seed, subject=adapter, prompts=probes)
 
@@ -268,15 +347,26 @@ class SuiteRunner:
         from .checks.merge import merge_equivalence
 
         probes = self._probes(suite, spec, adapter)
-        library = self.library
-        name, weight = adapter, spec["weight"]
-        if weight != 1.0:
-            name = f"{adapter}×{weight:g}"
-            if name not in library:
-                library.combine(name, {adapter: weight})
-        merged = self._load_merged(suite, spec) if spec["merged_model"] else library.merged(name)
-        unmerged = library.logits(probes, name).numpy()
-        merged_logits = library.logits(probes, model=merged).numpy()
+        weight = spec["weight"]
+
+        def compute() -> Any:
+            import numpy as np
+
+            library = self.library
+            name = adapter
+            if weight != 1.0:
+                name = f"{adapter}×{weight:g}"
+                if name not in library:
+                    library.combine(name, {adapter: weight})
+            merged = self._load_merged(suite, spec) if spec["merged_model"] else library.merged(name)
+            return np.stack([library.logits(probes, name).numpy(),
+                             library.logits(probes, model=merged).numpy()])
+
+        if spec["merged_model"]:  # a checkpoint on disk: compared afresh on every run
+            unmerged, merged_logits = compute()
+        else:
+            unmerged, merged_logits = self.cached_logits("unmerged-and-merged-logits", adapter, probes,
+                                                         compute, weight=weight)
         return merge_equivalence(unmerged, merged_logits, tolerance=spec["threshold"], subject=adapter,
                                  prompts=probes)
 

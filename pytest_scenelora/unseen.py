@@ -110,7 +110,7 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
     if not ci:
         test = hypothesis_seed(runner.seed)(test)
     # one database key per suite, check and adapter identity, so failures replay where they belong
-    identity = f"{suite.path}::{spec.name}::{runner.library.entry(adapter).content_hash}"
+    identity = f"{suite.path}::{spec.name}::{runner.adapter(adapter).content_hash}"
     test.hypothesis.inner_test._hypothesis_internal_add_digest = identity.encode()
     failure: SceneFailed | None = None
     try:
