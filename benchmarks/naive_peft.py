@@ -284,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adapter", action="append", required=True, help="file, folder or glob")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", type=Path, help="write verdicts and counts here")
     args = parser.parse_args(argv)
     paths = fmt.discover(args.adapter)
     suites = [p for s in args.suites for p in (sorted(s.glob("*.yaml")) if s.is_dir() else [s])]
@@ -291,6 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for (check, adapter), verdict in result.verdicts.items():
         print(f"{check}[{adapter}]: {verdict.status.value} score={verdict.score:.6g}")
     s = result.stats
+    if args.json:
+        import json
+        from dataclasses import asdict
+
+        args.json.write_text(json.dumps({
+            "wall_s": result.wall_s, "stats": asdict(s),
+            "verdicts": {f"{check}[{adapter}]": v.to_dict()
+                         for (check, adapter), v in result.verdicts.items()},
+        }, ensure_ascii=False), encoding="utf-8")
     print(f"naive: {result.wall_s:.1f} s, {s.samples} samples, {s.new_tokens} new tokens, "
           f"{s.embedded} texts embedded, {s.base_loads} base loads", file=sys.stderr)
     return 0

@@ -152,7 +152,8 @@ def cpu_threads(model: Any) -> int | None:
 
 
 @contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
+def cpu_thread_limit(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to *count* inside the block (None: unchanged)."""
     import torch
 
     if count is None or count == torch.get_num_threads():
@@ -266,7 +267,7 @@ def generate(
         routing = _RowRouting(model, adapter_names)
         prompts = [prompts[i] for i in routing.order]
         seeds = [seeds[i] for i in routing.order] if config.do_sample else seeds
-    with _threads(cpu_threads(model) if _on_cpu(model) else None):
+    with cpu_thread_limit(cpu_threads(model) if _on_cpu(model) else None):
         if routing is not None:
             with routing:
                 texts = _decode(model, tokenizer, prompts, None, config, seeds)

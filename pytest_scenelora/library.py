@@ -19,7 +19,7 @@ from typing import Any
 from . import adapters as fmt
 from .errors import LibraryError
 from .fsutil import canonical_json, sha256_bytes
-from .generation import BASE_ROW, DEFAULT_CONFIG, GenerationConfig, generate
+from .generation import BASE_ROW, DEFAULT_CONFIG, GenerationConfig, cpu_thread_limit, cpu_threads, generate
 from .models import LoadedBase
 
 #: Default for ``adapters=``: run whatever adapter is active (see :meth:`AdapterLibrary.switch`).
@@ -249,7 +249,8 @@ class AdapterLibrary:
             extra = {"adapter_names": keys} if keys is not None else {}
         mask = encoded["attention_mask"].to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
+        threads = cpu_threads(runner) if device.type == "cpu" else None
+        with torch.inference_mode(), cpu_thread_limit(threads):
             out = runner(input_ids=encoded["input_ids"].to(device), attention_mask=mask,
                          position_ids=positions, **extra)
         return out.logits[:, -1, :].float().cpu()

@@ -509,13 +509,21 @@ class Embedder(_CachingScorer):
         return int(getter())
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        vecs = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        from .generation import cpu_thread_limit, cpu_threads
+
+        model = self.model
+        # a small encoder runs faster on one thread than on contended OpenMP threads
+        # (all-MiniLM-L6-v2, 192 texts on a loaded 2-core machine: 5.9 s vs 8.4 s)
+        encoder = getattr(model[0], "auto_model", None) if len(model) else None
+        threads = cpu_threads(encoder) if self.device == "cpu" else None
+        with cpu_thread_limit(threads):
+            vecs = model.encode(
+                texts,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vecs, dtype=np.float32)
 
 
