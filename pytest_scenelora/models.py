@@ -201,6 +201,41 @@ def fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def weights_hash(model_dir: Path) -> str:
+    """sha256 over the base's config and the bytes of its weight files: its content identity.
+
+    The fingerprint says which architecture adapters fit; this says which weights produced
+    a cached generation or a cached trained adapter, so a base retrained with the same
+    shapes never serves stale results. Each file's digest is remembered under
+    ``<cache home>/file-hashes.json`` by path, size and mtime, so a 7B base is read once.
+    """
+    from .fsutil import atomic_path, cache_home, sha256_file
+
+    model_dir = Path(model_dir).resolve()
+    memo_path = cache_home() / "file-hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}  # no memo yet, or an unreadable one: digests are recomputed, never trusted
+    changed = False
+    h = hashlib.sha256(fingerprint(model_dir).encode("ascii"))
+    for path in weight_files(model_dir):
+        stat = path.stat()
+        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+        entry = memo.get(str(path))
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp):
+            entry = [stamp, sha256_file(path)]
+            memo[str(path)] = entry
+            changed = True
+        h.update(f"\n{path.name}:{entry[1]}".encode())
+    if changed:
+        with atomic_path(memo_path) as tmp:  # a racing writer loses at most a memo entry
+            tmp.write_text(json.dumps(memo, sort_keys=True), encoding="utf-8")
+    return h.hexdigest()
+
+
 # -------------------------------------------------------------------------------- loading
 
 

@@ -6,7 +6,7 @@ them (batched and deduplicated by the scorer), and remembering both in SQLite un
 content-hash keys. The checks themselves (``checks/``) are pure functions of vectors.
 
 A warm run touches no model: adapters are known by their headers and content hashes,
-the base by its fingerprint, and generations, vectors and the logits that
+the base by its weights' content hash, and generations, vectors and the logits that
 ``adapter_active`` and ``merge_equivalence`` compare all come from the cache, so the
 base, PEFT and the embedder are loaded only when something is missing.
 """
@@ -105,17 +105,19 @@ class SuiteRunner:
         return AdapterIdentity(entry.name, entry.scene, entry.role, entry.content_hash)
 
     def base_key(self) -> str:
-        """The base's identity in cache keys: fingerprint, quantization and dtype."""
+        """The base's identity in cache keys: its weights' content hash, quantization and dtype."""
         if self._base_key is None:
+            from .models import weights_hash
+
             if "base" in self.session.__dict__:
                 base = self.session.base
-                parts = (base.fingerprint, base.quantization.value, base.dtype)
+                parts = (weights_hash(base.path), base.quantization.value, base.dtype)
             else:
-                from .models import fingerprint, pick_device, pick_dtype, resolve_base
+                from .models import pick_device, pick_dtype, resolve_base
 
                 settings = self.session.settings
                 dtype = str(pick_dtype(pick_device(settings.device))).removeprefix("torch.")
-                parts = (fingerprint(resolve_base(settings.base_model)), settings.quantize.value, dtype)
+                parts = (weights_hash(resolve_base(settings.base_model)), settings.quantize.value, dtype)
             self._base_key = sha256_bytes(*parts)
         return self._base_key
 

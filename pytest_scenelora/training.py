@@ -6,7 +6,7 @@ given to the model (the hypertoken alone, ``Scene: Δ42``, or its core text), ex
 other scenes always by their core text, and topic examples by their topic, so the
 adapter learns the voice in general and that only Δ42's hypertoken means Δ42.
 
-Everything that shapes the weights (base fingerprint, data bytes, the rendered prompts,
+Everything that shapes the weights (the base weights' content hash, data bytes, the prompts,
 the LoRA and optimiser settings, the seed, quantization, device, library versions) goes
 into a content hash, and the trained file is cached under that hash: asking again
 trains zero steps, and two pytest-xdist workers asking at once train once (a file lock).
@@ -726,14 +726,15 @@ def deterministic_torch(threads: int, device: str) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)
 
 
-def cache_key(spec: TrainSpec, base_fingerprint: str, training_set: TrainingSet, device: str) -> str:
-    """The content hash an adapter is cached under (no paths: content only)."""
+def cache_key(spec: TrainSpec, base_content: str, training_set: TrainingSet, device: str) -> str:
+    """The content hash an adapter is cached under (no paths: content only). *base_content*
+    is :func:`~.models.weights_hash`: a base retrained with the same shapes is another base."""
     hyper = spec.hyperparameters()
     hyper["device"] = device
     hyper["input_mode"] = training_set.input_mode.value
     return sha256_bytes(
         f"scenelora-adapter-v{RECIPE_VERSION}",
-        base_fingerprint,
+        base_content,
         training_set.data_sha256,
         training_set.key,
         canonical_json(hyper),
@@ -970,13 +971,14 @@ def train(
     trains even when a cached adapter exists, and refreshes the cache with the result.
     With ``out_dir=None`` the result's path is the file in the cache.
     """
-    from .models import fingerprint, load_base, pick_device, resolve_base
+    from .models import fingerprint, load_base, pick_device, resolve_base, weights_hash
 
     started = time.perf_counter()
     training_set = build_training_set(spec)  # data errors first: they are the cheapest to find
-    base_fp = fingerprint(resolve_base(spec.base))
+    base_dir = resolve_base(spec.base)
+    base_fp = fingerprint(base_dir)
     device = pick_device(spec.device)
-    key = cache_key(spec, base_fp, training_set, device)
+    key = cache_key(spec, weights_hash(base_dir), training_set, device)
     cached = adapter_cache_dir(key) / f"{spec.name}{fmt.SUFFIX}"
 
     def finish(steps: int, loss: float | None, reused: bool) -> TrainResult:

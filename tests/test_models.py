@@ -110,3 +110,30 @@ def test_4bit_on_cpu_refuses_widths_not_divisible_by_32(tmp_path: Path) -> None:
     with pytest.raises(BaseModelError, match="divisible by 32") as info:
         models.quantization_config(models.Quantization.NF4, "cpu", odd)
     assert str(odd) in str(info.value) and "8bit" in str(info.value)
+
+
+def test_weights_hash_tells_a_retrained_base_from_the_original(tiny_base_dir, tmp_path, monkeypatch) -> None:
+    """Same shapes, other weights: the fingerprint (what adapters fit) stays, the content
+    hash (what cached generations and trained adapters are keyed by) changes."""
+    from safetensors.torch import load_file, save_file
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SCENELORA_HOME", str(home))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_base_dir, copy)
+    original = models.weights_hash(tiny_base_dir)
+    assert models.weights_hash(copy) == original
+    assert (home / "file-hashes.json").is_file()  # digests remembered by path, size, mtime
+
+    tensors = load_file(str(copy / "model.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1.0
+    save_file(tensors, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    assert models.fingerprint(copy) == models.fingerprint(tiny_base_dir)
+    retrained = models.weights_hash(copy)
+    assert retrained != original
+
+    (home / "file-hashes.json").write_text("{not json", encoding="utf-8")  # a broken memo is rebuilt
+    assert models.weights_hash(copy) == retrained
+    assert models.weights_hash(tiny_base_dir) == original

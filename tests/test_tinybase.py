@@ -41,7 +41,8 @@ def test_the_base_writes_the_corpus_language(tiny_base) -> None:
     words = [w for out in outputs for w in re.findall(r"[a-z]+", out.lower())]
     assert len(words) > 20 * len(prompts)
     known = sum(w in vocabulary for w in words) / len(words)
-    assert known > 0.9, (known, outputs)
+    build = (tiny_base.path / "scenelora_build.json").read_text(encoding="utf-8")
+    assert known > 0.9, (known, outputs, build)
 
 
 def test_a_second_build_gives_the_same_bytes(tiny_base_dir: Path, tmp_path: Path) -> None:
@@ -71,6 +72,30 @@ def test_an_existing_build_is_reused_not_rebuilt(tiny_base_dir: Path, scenelora_
     assert (tiny_base_dir / "model.safetensors").stat().st_mtime_ns == stamp
     log = tiny_base_dir.parent / f"{tiny_base_dir.name}.build.log"
     assert re.match(r"built in [\d.]+s, final loss [\d.]+", log.read_text())
+
+
+def test_a_build_that_does_not_learn_is_retried_then_refused(tmp_path: Path) -> None:
+    """Two steps cannot bring the loss down: the build retries at half the learning rate,
+    then stops with one clear line and leaves nothing behind."""
+    from pytest_scenelora.errors import BaseModelError
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("Topic: the sea\nThe sea is grey and the boats come home.\n\n"
+                      "Topic: the hills\nThe hills are green and the sheep are slow.\n", encoding="utf-8")
+    seen: list[str] = []
+    tiny = {"steps": 2, "warmup_steps": 1, "batch_size": 2, "seq_len": 16, "vocab_size": 300}
+    with pytest.raises(BaseModelError, match=r"did not learn its corpus.*settled at \d") as info:
+        tinybase.build_tiny_base(tmp_path / "out", corpus=[corpus], recipe=tiny, progress=seen.append)
+    assert "\n" not in str(info.value)
+    assert any("retraining at half the learning rate" in line for line in seen)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_the_build_records_its_loss_curve(tiny_base_dir: Path) -> None:
+    build = json.loads((tiny_base_dir / "scenelora_build.json").read_text(encoding="utf-8"))
+    assert build["attempt"] in (1, 2)
+    assert build["settled_loss"] <= tinybase.CONVERGED_LOSS
+    assert len(build["loss_every_10_steps"]) == -(-tinybase.RECIPE["steps"] // 10)
 
 
 def test_an_empty_corpus_is_refused(tmp_path: Path) -> None:
