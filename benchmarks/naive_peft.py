@@ -86,7 +86,7 @@ class SeededSampler:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        token = _sample_row(scores[0], self.config, self.generator)
+        token = _sample_row(scores[0].cpu(), self.config, self.generator)
         forced = torch.full_like(scores, float("-inf"))
         forced[:, token] = 0.0
         return forced
@@ -103,15 +103,17 @@ class LoadedAdapter:
     model: Any
     tokenizer: Any
     stats: NaiveStats
+    device: str = "cpu"
     texts: dict[tuple[str | None, str, int], str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, info: fmt.AdapterInfo, peft_dir: Path, base_dir: Path, stats: NaiveStats) -> LoadedAdapter:
-        model = load_peft(base_dir, peft_dir)
+    def load(cls, info: fmt.AdapterInfo, peft_dir: Path, base_dir: Path, stats: NaiveStats,
+             device: str = "cpu") -> LoadedAdapter:
+        model = load_peft(base_dir, peft_dir, device)
         stats.base_loads += 1
         from pytest_scenelora.models import load_tokenizer
 
-        return cls(info.name, info, peft_dir, base_dir, model, load_tokenizer(base_dir), stats)
+        return cls(info.name, info, peft_dir, base_dir, model, load_tokenizer(base_dir), stats, device)
 
     # what the runner asks of "its library"
     def entry(self, name: str) -> Any:
@@ -123,7 +125,7 @@ class LoadedAdapter:
         rows = []
         names = adapters if isinstance(adapters, list) else [adapters] * len(prompts)
         for prompt, adapter in zip(prompts, names, strict=True):
-            encoded = self.tokenizer(prompt, return_tensors="pt")
+            encoded = self.tokenizer(prompt, return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 if model is not None:
                     out = model(**encoded)
@@ -132,12 +134,12 @@ class LoadedAdapter:
                         out = self.model(**encoded)
                 else:
                     out = self.model(**encoded)
-            rows.append(out.logits[0, -1].float())
+            rows.append(out.logits[0, -1].float().cpu())
         return torch.stack(rows)
 
     def merged(self, name: str) -> Any:
         # the user's way: a fresh base, the adapter loaded onto it, merged
-        return load_peft(self.base_dir, self.peft_dir).merge_and_unload()
+        return load_peft(self.base_dir, self.peft_dir, self.device).merge_and_unload()
 
     def __contains__(self, name: str) -> bool:
         return name == self.name
@@ -148,7 +150,7 @@ class LoadedAdapter:
     def generate_one(self, prompt: str, adapter: str | None, config: GenerationConfig, seed: int) -> str:
         import torch
 
-        encoded = self.tokenizer(prompt, return_tensors="pt")
+        encoded = self.tokenizer(prompt, return_tensors="pt").to(self.device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": config.max_new_tokens, "do_sample": False,
             "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
@@ -169,11 +171,25 @@ class LoadedAdapter:
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
-def load_peft(base_dir: Path, peft_dir: Path) -> Any:
+#: ``--quantize`` for the reference, set by :func:`run_naive` ("none", "8bit", "4bit").
+QUANTIZE = "none"
+
+
+def load_peft(base_dir: Path, peft_dir: Path, device: str = "cpu") -> Any:
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="float32", local_files_only=True)
+    from pytest_scenelora.models import Quantization, quantization_config
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16  # what scenelora loads too
+    qconfig = quantization_config(Quantization(QUANTIZE), device, base_dir)
+    if qconfig is None:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True).to(device)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(
+            base_dir, dtype=dtype, local_files_only=True, quantization_config=qconfig,
+            device_map={"": device if device == "cpu" else 0})
     model = PeftModel.from_pretrained(base, str(peft_dir), is_trainable=False)
     return model.eval()
 
@@ -239,7 +255,8 @@ class NaiveResult:
 
 
 def run_naive(suite_paths: Sequence[Path], adapter_paths: Sequence[Path], *,
-              base: str = "tiny", seed: int = 0, threads: int | None = None) -> NaiveResult:
+              base: str = "tiny", seed: int = 0, threads: int | None = None,
+              device: str = "cpu", quantize: str = "none") -> NaiveResult:
     """Run the suites' checks on each adapter in turn, the plain way; returns verdicts.
 
     *threads* sets ``torch.set_num_threads`` (default: torch's own choice, as a plain
@@ -249,6 +266,8 @@ def run_naive(suite_paths: Sequence[Path], adapter_paths: Sequence[Path], *,
 
     from pytest_scenelora.models import quiet_transformers, resolve_base
 
+    global QUANTIZE
+    QUANTIZE = quantize
     if threads:
         torch.set_num_threads(threads)
     quiet_transformers()
@@ -260,14 +279,14 @@ def run_naive(suite_paths: Sequence[Path], adapter_paths: Sequence[Path], *,
     peft_dirs = {info.name: fmt.convert(info.path, folders / info.name) if info.path.is_file() else info.path
                  for info in infos}
     stats = NaiveStats()
-    settings = Settings(adapters=tuple(str(p) for p in adapter_paths), base_model=base, device="cpu",
-                        seed=seed)
+    settings = Settings(adapters=tuple(str(p) for p in adapter_paths), base_model=base, device=device,
+                        quantize=quantize, seed=seed)
     runner = NaiveRunner(settings, [Path(p) for p in adapter_paths], stats)
     verdicts: dict[tuple[str, str], Any] = {}
     texts: dict[tuple[str, str | None, str, int], str] = {}
     start = time.perf_counter()
     for info in infos:
-        runner.current = LoadedAdapter.load(info, peft_dirs[info.name], base_dir, stats)
+        runner.current = LoadedAdapter.load(info, peft_dirs[info.name], base_dir, stats, device)
         for suite in suites:
             if not suite.selects(info.name):
                 continue
@@ -285,10 +304,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="write verdicts and counts here")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--base-model", default="tiny")
+    parser.add_argument("--quantize", default="none", choices=("none", "8bit", "4bit"))
     args = parser.parse_args(argv)
     paths = fmt.discover(args.adapter)
     suites = [p for s in args.suites for p in (sorted(s.glob("*.yaml")) if s.is_dir() else [s])]
-    result = run_naive(suites, paths, seed=args.seed, threads=args.threads)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = run_naive(suites, paths, base=args.base_model, seed=args.seed, threads=args.threads,
+                       device=device, quantize=args.quantize)
     for (check, adapter), verdict in result.verdicts.items():
         print(f"{check}[{adapter}]: {verdict.status.value} score={verdict.score:.6g}")
     s = result.stats

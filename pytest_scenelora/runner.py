@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import shipped
 from .cache import ResultCache, generation_key
-from .fsutil import canonical_json, sha256_bytes
+from .fsutil import canonical_json, file_lock, sha256_bytes
 from .generation import GenerationConfig, rows_per_batch
 from .prompts import InputMode, scene_prompt, topic_prompt
 from .scenes import Register, Scene, SceneSet, Topic, load_registers, load_scenes, load_topics
@@ -147,9 +147,12 @@ class SuiteRunner:
         world, scorer = self.world(suite), self.scorer(suite)
         key = (id(world), id(scorer))
         if key not in self._spaces:
-            self._spaces[key] = register_centroids(
-                {name: scorer.embed(reg.texts) for name, reg in world.registers.items()}
-            )
+            # one process embeds the references; xdist workers arriving meanwhile wait for
+            # it and then read every vector from the shared cache instead of embedding twice
+            with file_lock(self.cache.path.with_name(f"{self.cache.path.name}.references")):
+                self._spaces[key] = register_centroids(
+                    {name: scorer.embed(reg.texts) for name, reg in world.registers.items()}
+                )
         return self._spaces[key]
 
     # ------------------------------------------------------------------ generation
