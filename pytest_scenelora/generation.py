@@ -212,31 +212,41 @@ class _RowRouting:
     def __enter__(self) -> _RowRouting:
         from peft.tuners.lora.layer import Linear
 
-        groups = self.groups
         for module in self.model.modules():
             if type(module) is Linear:
+                # per layer, the slices it adds to and their factors, looked up once per decode
+                module._scenelora_plan = [
+                    (start, end, module.lora_A[key].weight, module.lora_B[key].weight, module.scaling[key],
+                     module.lora_dropout[key])
+                    for key, start, end in self.groups if key != BASE_ROW and key in module.lora_A
+                ]
                 module.forward = _routed_forward.__get__(module)
-                module._scenelora_groups = groups
                 self._patched.append(module)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for module in self._patched:
             del module.forward
-            del module._scenelora_groups
+            del module._scenelora_plan
         self._patched.clear()
 
 
 def _routed_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    # PEFT's ``lora_B(lora_A(dropout(x))) * scaling`` with the modules' own F.linear calls
+    # made directly (the module-call overhead was most of a mixed batch's LoRA cost)
+    from torch.nn.functional import linear
+
     result = self.base_layer(x, *args, **kwargs)
-    dtype = result.dtype
-    for key, start, end in self._scenelora_groups:
-        if key == BASE_ROW or key not in self.lora_A or self.disable_adapters:
-            continue
-        lora_A = self.lora_A[key]
-        sub = x[start:end].to(lora_A.weight.dtype)
-        update = self.lora_B[key](lora_A(self.lora_dropout[key](sub))) * self.scaling[key]
-        result[start:end] += update.to(dtype)
+    if self.disable_adapters:
+        return result
+    for start, end, a, b, scaling, dropout in self._scenelora_plan:
+        sub = x[start:end]
+        if sub.dtype != a.dtype:
+            sub = sub.to(a.dtype)
+        if self.training:
+            sub = dropout(sub)
+        update = linear(linear(sub, a), b) * scaling
+        result[start:end] += update if update.dtype == result.dtype else update.to(result.dtype)
     return result
 
 
