@@ -90,17 +90,26 @@ def make_adapter(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return make
 
 
-#: Modules that register torch operators when first imported. pytester's in-process runs
-#: drop every module the inner run imported, and a second import of one of these raises
-#: "Tried to register an operator ... multiple times"; imported here first, they survive.
-OPERATOR_REGISTERING = ("torch", "torch.distributed", "transformers", "peft", "bitsandbytes",
-                        "sentence_transformers")
+#: Libraries that pytester's in-process runs must leave imported. After each inner run,
+#: pytester drops every module that run imported; a second import of torch's, PEFT's or
+#: bitsandbytes' modules then fails ("Tried to register an operator ... multiple times",
+#: or transformers' lazy loader "Could not import module ..."). Our own package is still
+#: re-imported fresh by every inner run.
+KEEP_IMPORTED = frozenset({"torch", "torchgen", "transformers", "peft", "bitsandbytes", "accelerate",
+                           "sentence_transformers", "safetensors", "tokenizers", "huggingface_hub",
+                           "numpy", "scipy", "sklearn"})
 
 
-@pytest.fixture
-def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
-    import importlib
+def _keep_heavy_libraries_imported() -> None:
+    from _pytest.pytester import SysModulesSnapshot
 
-    for name in OPERATOR_REGISTERING:
-        importlib.import_module(name)
-    return pytester
+    def keep(name: str) -> bool:
+        return name.split(".", 1)[0] in KEEP_IMPORTED or name.startswith(("zope", "readline"))
+
+    # pytester's own rule keeps zope and readline; this private hook is the one place it is
+    # made, so widen it there (pytest 8 and 9), and leave pytester as it is if it moves
+    if hasattr(pytest.Pytester, "_Pytester__take_sys_modules_snapshot"):
+        pytest.Pytester._Pytester__take_sys_modules_snapshot = lambda self: SysModulesSnapshot(preserve=keep)
+
+
+_keep_heavy_libraries_imported()
