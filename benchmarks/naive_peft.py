@@ -243,7 +243,9 @@ class NaiveRunner(SuiteRunner):
 
 
 class _NoCache:
-    path = Path("(none)")
+    """Stands in for the result cache: nothing is looked up or kept (only a lock file's place)."""
+
+    path = Path(tempfile.gettempdir()) / "naive-peft-no-cache"
 
 
 @dataclass
