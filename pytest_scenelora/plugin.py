@@ -220,6 +220,37 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("adapter", [None], ids=["no-adapter"], indirect=True, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)  # before --lf, -k and the rest see the ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give tests that use the ``adapter`` fixture node ids with the adapter's own name.
+
+    pytest writes non-ASCII parameter ids as escapes (``test_speaks[\\u039442_poetic]``);
+    adapter names are Unicode by design (``Δ42_poetic``, Cyrillic), and a node id the user
+    cannot read or type back into ``-k`` or a test path is no id at all. Suite items are
+    named by us and are already Unicode. (A test path names such a test by pytest's own
+    escaped spelling, which pytest matches before this hook runs.)
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("adapter") if callspec is not None else None
+        if not isinstance(name, str) or name.isascii():
+            continue
+        escaped = name.encode("unicode_escape").decode("ascii")
+        if escaped in item.name:
+            item.name = item.name.replace(escaped, name)
+            _set_nodeid(item, item.nodeid.replace(escaped, name))
+
+
+def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
+    # pytest has no public setter: 9.x keeps a structured ``_id``, 8.x a string ``_nodeid``
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(nodeid)
+    else:
+        item._nodeid = nodeid
+
+
 def _session(request: pytest.FixtureRequest) -> SceneSession:
     return request.config.stash[SESSION_KEY]
 

@@ -31,9 +31,14 @@ def test_adapter_fixture_runs_once_per_adapter_with_unicode_ids(pytester, adapte
         "*scenelora: base *, device auto, quantize none, seed 0*",
         "*scenelora: adapters Δ42_poetic, сцена 7_тело*",
     ])
-    output = result.stdout.str()
-    # pytest escapes non-ASCII ids unless asked; both spellings identify the same test
-    assert "test_voices.py::test_speaks[" in output
+    result.stdout.fnmatch_lines([
+        "*test_voices.py::test_speaks[[]Δ42_poetic[]] PASSED*",
+        "*test_voices.py::test_speaks[[]сцена 7_тело[]] PASSED*",
+    ])
+    assert "\\u0394" not in result.stdout.str()
+    by_keyword = pytester.runpytest("--adapter", str(adapters_dir), "--base-model", str(tiny_base_dir),
+                                    "-k", "тело")
+    by_keyword.assert_outcomes(passed=1, deselected=1)
 
 
 def test_adapters_and_base_can_come_from_the_ini_file(pytester, adapters_dir, tiny_base_dir):
