@@ -43,8 +43,11 @@ def tiny_base_dir(scenelora_home: Path) -> Path:
     return ensure_tiny_base(scenelora_home)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tiny_base(tiny_base_dir: Path):
+    """The tiny base loaded for this test alone (a fraction of a second): an AdapterLibrary
+    wraps its model with PEFT in place, so a shared one would carry one test's adapters
+    into the next test's generations."""
     from pytest_scenelora.models import load_base
 
     return load_base(str(tiny_base_dir), device="cpu")

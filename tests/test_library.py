@@ -17,8 +17,10 @@ SHORT = GenerationConfig(max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
-def library(tiny_base, make_adapter) -> AdapterLibrary:
-    library = AdapterLibrary(tiny_base)
+def library(tiny_base_dir, make_adapter) -> AdapterLibrary:
+    from pytest_scenelora.models import load_base
+
+    library = AdapterLibrary(load_base(str(tiny_base_dir), device="cpu"))  # a base of its own
     for seed, role in enumerate(["logic", "poetic", "body", "silence"]):
         library.add(make_adapter(f"Δ42_{role}", seed=seed))
     return library

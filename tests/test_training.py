@@ -52,11 +52,17 @@ def scenelora(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
     )
 
 
+def _interruptible() -> None:
+    # pytest-xdist workers ignore SIGINT, and a child inherits an ignored signal: Python
+    # then never turns Ctrl-C into KeyboardInterrupt. A terminal's child would have it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_scenelora(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest_scenelora.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "NO_COLOR": "1"},
+        env={**os.environ, "NO_COLOR": "1"}, preexec_fn=_interruptible,
     )
 
 
