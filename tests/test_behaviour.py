@@ -28,6 +28,11 @@ UNSEEN_NEEDS_A_BASE_THAT_COPIES = pytest.mark.skip(
            "unseen_scenes fails for every voice on it")
 
 
+#: Adapters built to fail are trained shorter than the real voices (150 steps): what makes
+#: them fail (another scene's data, data of one scene only) is there from the first steps.
+SABOTAGE_STEPS = 60
+
+
 @pytest.fixture(scope="session")
 def demo_adapters(scenelora_home: Path, tiny_base_dir: Path, tmp_path_factory) -> Path:
     from pytest_scenelora.training import train_demo_library
@@ -112,7 +117,7 @@ def test_real_voices_are_active_and_a_zero_adapter_is_not(pytester, demo_adapter
 def test_another_scene_named_delta42_fails_scene_holds(pytester, demo_adapters, tmp_path) -> None:
     from pytest_scenelora.training import AdapterTrainer
 
-    other = AdapterTrainer()(scene="Δ07", role="poetic")
+    other = AdapterTrainer()(scene="Δ07", role="poetic", steps=SABOTAGE_STEPS)
     fake = _rewrite(other.path, tmp_path / "fake" / "Δ42_poetic.safetensors", metadata={"scene": "Δ42"})
     result = run_suite(pytester, "scene_field.yaml", fake, "-k", "scene_holds")
     assert outcome_of(result, "scene_holds[Δ42_poetic]") == "FAILED"
@@ -135,7 +140,8 @@ def test_a_voice_that_only_knows_delta42_fails_the_topic_shift(pytester, demo_ad
     data.write_text("\n".join(line for line in lines
                               if json.loads(line).get("scene") == "Δ42"
                               and json.loads(line).get("role") == "poetic") + "\n", encoding="utf-8")
-    narrow = AdapterTrainer(out_dir=tmp_path / "narrow")(scene="Δ42", role="poetic", data=data)
+    narrow = AdapterTrainer(out_dir=tmp_path / "narrow")(scene="Δ42", role="poetic", data=data,
+                                                              steps=SABOTAGE_STEPS)
     result = run_suite(pytester, "topic_shift.yaml", narrow.path)
     assert outcome_of(result, "style_survives_topic_shift[Δ42_poetic]") == "FAILED"
 
