@@ -1,4 +1,4 @@
-"""A one-line progress bar for long work (generating samples), on the terminal only.
+"""A one-line progress bar for long work (generating and scoring samples), on the terminal only.
 
 pytest captures output while a test runs, so the bar is drawn with capture suspended (as
 pytest's own live logging does) and erased when the work is done: nothing of it ends up in

@@ -138,7 +138,9 @@ class SuiteRunner:
         embedder = suite.embedder or self.session.settings.embedder
         key = (suite.scorer.value, embedder if suite.scorer is Scorer.EMBEDDING else None)
         if key not in self._scorers:
-            self._scorers[key] = make_scorer(suite.scorer.value, embedder, cache=self.cache)
+            scorer = make_scorer(suite.scorer.value, embedder, cache=self.cache)
+            scorer.progress = lambda what, done, total: self.progress(what, done, total)
+            self._scorers[key] = scorer
         return self._scorers[key]
 
     def register_space(self, suite: Suite) -> Any:

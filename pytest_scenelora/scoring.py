@@ -26,7 +26,7 @@ import os
 import re
 import unicodedata
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -228,6 +228,10 @@ class _CachingScorer(abc.ABC):
 
     key: str
     cache: VectorCache | None
+    #: ``progress(what, done, total)`` while texts are embedded (the runner's terminal bar)
+    progress: Callable[[str, int, int], None] | None = None
+    #: texts encoded per call when a progress hook is watching
+    PROGRESS_CHUNK = 64
 
     @abc.abstractmethod
     def _encode(self, texts: list[str]) -> np.ndarray:
@@ -259,7 +263,7 @@ class _CachingScorer(abc.ABC):
             vectors.update(self.cache.get_many(self.key, wanted))
         missing = [t for t in wanted if t not in vectors]
         if missing:
-            fresh = normalize_rows(self._encode(missing))
+            fresh = normalize_rows(self._encode_watched(missing))
             new = dict(zip(missing, fresh, strict=True))
             vectors.update(new)
             if self.cache is not None:
@@ -268,6 +272,18 @@ class _CachingScorer(abc.ABC):
         for text in blank:
             vectors[text] = np.zeros(width, dtype=np.float32)
         return normalize_rows(np.stack([np.asarray(vectors[t], dtype=np.float32) for t in texts]))
+
+    def _encode_watched(self, texts: list[str]) -> np.ndarray:
+        """:meth:`_encode`, in chunks that report to :attr:`progress` when one is set."""
+        if self.progress is None or len(texts) <= self.PROGRESS_CHUNK:
+            return self._encode(texts)
+        what = f"scoring: embedding {len(texts)} texts"
+        parts = []
+        for start in range(0, len(texts), self.PROGRESS_CHUNK):
+            self.progress(what, start, len(texts))
+            parts.append(self._encode(texts[start : start + self.PROGRESS_CHUNK]))
+        self.progress(what, len(texts), len(texts))
+        return np.concatenate(parts)
 
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)

@@ -399,3 +399,17 @@ def test_vectors_hash_identically_from_cache_and_model(embedder: Embedder) -> No
     fresh = Embedder(cache=cache).embed(text)
     cached = Embedder(cache=cache).embed(text)
     assert hashlib.sha256(fresh.tobytes()).digest() == hashlib.sha256(cached.tobytes()).digest()
+
+
+def test_embedding_many_texts_reports_progress_and_gives_the_same_vectors() -> None:
+    texts = [f"text number {i} about the lighthouse" for i in range(150)]
+    quiet = CharNgramScorer().embed(texts)
+    watched = CharNgramScorer()
+    calls: list[tuple[str, int, int]] = []
+    watched.progress = lambda what, done, total: calls.append((what, done, total))
+    np.testing.assert_array_equal(watched.embed(texts), quiet)
+    assert [(done, total) for _, done, total in calls] == [(0, 150), (64, 150), (128, 150), (150, 150)]
+    assert calls[0][0] == "scoring: embedding 150 texts"
+    calls.clear()
+    watched.embed(texts[:10])  # a handful: no bar worth drawing
+    assert calls == []
