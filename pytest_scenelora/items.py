@@ -121,18 +121,15 @@ class CheckItem(pytest.Item):
             "kind": self.spec.kind, "adapter": self.adapter, "tolerance": self.spec.params.get("tolerance"),
             "baseline": None,
         }
-        if "library" in session.__dict__:
-            library = session.library
-            base = library.base
-            record["base"] = {"model": session.settings.base_model, "name": base.name,
-                              "fingerprint": base.fingerprint, "device": base.device, "dtype": base.dtype,
-                              "quantization": base.quantization.value}
-            if self.adapter in library:
-                entry = library.entry(self.adapter)
-                record["adapter_info"] = {
-                    "content_hash": entry.content_hash, "scene": entry.scene, "role": entry.role,
-                    "path": str(entry.info.path) if entry.info is not None else None,
-                }
+        # from the loaded models, or from the files' headers on a warm run that loads none
+        runner = session.runner
+        record["base"] = runner.base_record()
+        identity = runner.adapter(self.adapter)
+        paths = dict(zip(session.adapter_names, session.adapter_paths, strict=False))
+        record["adapter_info"] = {
+            "content_hash": identity.content_hash, "scene": identity.scene, "role": identity.role,
+            "path": str(paths[self.adapter]) if self.adapter in paths else None,
+        }
         if session.baseline is not None:
             from .baseline import baseline_date, compare_record
 

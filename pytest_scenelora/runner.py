@@ -77,6 +77,7 @@ class SuiteRunner:
         self.progress: Callable[[str, int, int], None] = lambda what, done, total: None
         self._headers: dict[str, AdapterInfo] | None = None
         self._base_key: str | None = None
+        self._base_record: dict[str, Any] | None = None
 
     @property
     def library(self) -> AdapterLibrary:
@@ -103,6 +104,27 @@ class SuiteRunner:
                 return AdapterIdentity(info.name, info.scene, info.role, info.content_hash)
         entry = self.library.entry(name)
         return AdapterIdentity(entry.name, entry.scene, entry.role, entry.content_hash)
+
+    def base_record(self) -> dict[str, Any]:
+        """What the results document says of the base: name, fingerprint, content hash,
+        device, dtype, quantization; from the loaded base, or from its files (no model)."""
+        if self._base_record is None:
+            from .models import fingerprint, pick_device, pick_dtype, resolve_base, weights_hash
+
+            settings = self.session.settings
+            if self.model_loaded:
+                base = self.session.base
+                path, device, dtype = base.path, str(base.device), base.dtype
+            else:
+                path = resolve_base(settings.base_model)
+                device = str(pick_device(settings.device))
+                dtype = str(pick_dtype(pick_device(settings.device))).removeprefix("torch.")
+            self._base_record = {
+                "model": settings.base_model, "name": str(path), "fingerprint": fingerprint(path),
+                "weights_sha256": weights_hash(path), "device": device, "dtype": dtype,
+                "quantization": settings.quantize.value,
+            }
+        return self._base_record
 
     def base_key(self) -> str:
         """The base's identity in cache keys: its weights' content hash, quantization and dtype."""

@@ -46,13 +46,20 @@ def test_a_warm_run_loads_no_model_and_gives_the_same_verdicts(pytester, make_ad
     args = ["small.yaml", "--adapter", str(adapter), "--base-model", str(tiny_base_dir), "-p", "spy",
             "-p", "no:cacheprovider", "-rA"]
     runs = []
+    documents = []
     for _ in ("cold", "warm"):
-        result = pytester.runpytest_subprocess(*args, "--junitxml=out.xml")
+        result = pytester.runpytest_subprocess(*args, "--junitxml=out.xml", "--scenelora-json=out.json")
         assert result.ret in (0, 1), result.stdout.str()
         loaded = json.loads((pytester.path / "loaded.json").read_text())
         outcomes = re.findall(r"^(PASSED|FAILED) \S+::(\S+)", result.stdout.str(), re.M)
         runs.append((loaded, sorted(outcomes), (pytester.path / "out.xml").read_text()))
+        documents.append(json.loads((pytester.path / "out.json").read_text(encoding="utf-8")))
     (cold_loaded, cold_outcomes, cold_xml), (warm_loaded, warm_outcomes, warm_xml) = runs
+    # the results document knows the base and the adapter as well without loading either
+    cold_doc, warm_doc = documents
+    assert warm_doc["base"] == cold_doc["base"] and warm_doc["base"]["fingerprint"]
+    assert warm_doc["adapters"] == cold_doc["adapters"]
+    assert warm_doc["adapters"]["Δ42_poetic"]["content_hash"]
     assert cold_loaded == {"transformers": True, "peft": True, "sentence_transformers": True}
     assert warm_loaded == {"transformers": False, "peft": False, "sentence_transformers": False}
     assert warm_outcomes == cold_outcomes and len(cold_outcomes) == 3
