@@ -255,8 +255,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     suites = args.suites or shipped.suites_dir()
     console.print(f"[bold]3/3[/] the suites in {suites}")
     extra = [a for a in args.pytest_args if a != "--"]
+    # the suites alone, whatever project the demo is started in: no configuration file of
+    # the current directory (its addopts, testpaths or "error" warning filters) applies,
+    # and pytest's note that this package was imported before it could rewrite asserts
+    # (this command imported it) is expected, not news
     code = int(pytest.main([str(suites), "--adapter", str(args.out), "-p", "no:cacheprovider",
-                            "--rootdir", str(suites), *extra]))
+                            "-c", os.devnull, "--rootdir", str(suites),
+                            "-W", "ignore::pytest.PytestAssertRewriteWarning", *extra]))
     if code == pytest.ExitCode.TESTS_FAILED:
         # the demo shows verdicts; gating on them is `pytest suites/ --adapter ...`'s job
         console.print(f"demo finished in {time.perf_counter() - start:.0f} s: some checks failed "

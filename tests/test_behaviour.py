@@ -223,3 +223,25 @@ def test_xdist_gives_the_verdicts_of_one_process(pytester, demo_adapters, tmp_pa
             for prop in case.iter("property") if prop.get("name") == "scenelora_verdict"
         }
     assert scores["0"] and scores["0"] == scores["2"]
+
+
+def test_the_demo_runs_inside_a_project_with_strict_pytest_settings(demo_adapters, tmp_path) -> None:
+    """`scenelora demo` (the README's main job, here on one check) runs the shipped suites
+    without picking up the configuration of the directory it is started in."""
+    import os
+    import subprocess
+    import sys
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\nfilterwarnings = ["error"]\ntestpaths = ["nowhere"]\n'
+        'addopts = "--strict-config -x"\n', encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest_scenelora.cli", "demo", "--out", str(tmp_path / "voices"),
+         "--", "-k", "scene_holds"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert re.search(r"4 passed, \d+ deselected", result.stdout), result.stdout
+    assert "Δ42_poetic" in result.stdout and "reused from the cache" in result.stdout
