@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,8 +195,9 @@ class VerdictCollector:
             else:
                 terminalreporter.section("scenelora coherence")
                 tw = config.get_terminal_writer()
+                on_terminal = bool(getattr(sys.stdout, "isatty", lambda: False)())
                 terminalreporter.write(render_coherence(records, color=tw.hasmarkup, width=tw.fullwidth,
-                                                        baseline=baseline))
+                                                        baseline=baseline, fit=not on_terminal))
             if in_github_actions():
                 for line in annotations(records, root=config.rootpath,
                                         workspace=os.environ.get("GITHUB_WORKSPACE")):

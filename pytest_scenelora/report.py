@@ -184,11 +184,13 @@ def record_summary(records: Sequence[Mapping[str, Any]], *, baseline: Mapping[st
 
 
 def render_coherence(records: Sequence[Mapping[str, Any]], *, color: bool, width: int = 100,
-                     baseline: Mapping[str, Any] | None = None) -> str:
+                     baseline: Mapping[str, Any] | None = None, fit: bool = False) -> str:
     """The adapters × checks matrix and its summary line, laid out by rich.
 
     ``color=False`` gives plain text with no escape codes at all (pipes, CI logs,
-    ``NO_COLOR``); the characters are the same either way.
+    ``NO_COLOR``); the characters are the same either way. ``fit=True`` (output that is not
+    a terminal: a pipe, a CI log) widens the table to its natural width instead of cutting
+    columns to *width*, since nothing there wraps or truncates long lines.
     """
     import io
 
@@ -237,6 +239,11 @@ def render_coherence(records: Sequence[Mapping[str, Any]], *, color: bool, width
     console = Console(file=out, width=max(width, 40), force_terminal=color, no_color=not color,
                       color_system="standard" if color else None, highlight=False, emoji=False,
                       legacy_windows=False, soft_wrap=False)
+    if fit:
+        from rich.measure import Measurement
+
+        natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+        console.width = max(console.width, natural)
     console.print(table)
     console.print(Text("━ 95% interval  ● score  ┃ threshold", style="dim"))
     console.print(Text(record_summary(records, baseline=baseline), style="bold"), soft_wrap=True)

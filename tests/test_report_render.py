@@ -211,3 +211,16 @@ def test_progress_is_drawn_in_place_and_erased_when_done() -> None:
     assert written[-1].strip() == "" and written[-1].startswith("\r") and written[-1].endswith("\r")
     assert progress_line("x", 1, 2, 200) == "scenelora: ████████████░░░░░░░░░░░░ 1/2 x"
 
+
+
+def test_a_report_for_a_pipe_keeps_every_column_at_its_natural_width() -> None:
+    """Six checks do not fit 80 columns; a terminal cuts them, a pipe or CI log must not."""
+    kinds = ["registers_unpack", "adapter_active", "scene_holds", "merge_equivalence",
+             "style_survives_topic_shift", "unseen_scenes"]
+    many = [make_record(f"Δ42_{role}", kind, [0.4, 0.5, 0.45], 0.1)
+            for role in ("logic", "poetic") for kind in kinds]
+    cut = render_coherence(many, color=False, width=80)
+    assert "style_survives_topic_shift" not in cut  # what a narrow terminal gets
+    fitted = render_coherence(many, color=False, width=80, fit=True)
+    header = next(line for line in fitted.splitlines() if line.startswith("adapter"))
+    assert sorted(header.split()[1:]) == sorted(kinds)  # every check, none cut
