@@ -154,54 +154,59 @@ def _refuse_pickle(path: Path) -> None:
     )
 
 
-def read_header(path: Path) -> tuple[dict[str, str], dict[str, TensorEntry], int]:
-    """Parse a safetensors header defensively: (metadata, tensors, data start offset)."""
+def read_header(path: Path, error: type[Exception] = AdapterFormatError
+                ) -> tuple[dict[str, str], dict[str, TensorEntry], int]:
+    """Parse a safetensors header defensively: (metadata, tensors, data start offset).
+
+    Every problem is one line naming *path*, raised as *error* (a base's weights are read
+    with :class:`~.errors.BaseModelError`); the tensors themselves are never touched.
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             prefix = fh.read(8)
             if size == 0:
-                raise AdapterFormatError(f"{path}: the file is empty; re-save or re-train the adapter")
+                raise error(f"{path}: the file is empty; save or copy it again")
             if len(prefix) < 8:
-                raise AdapterFormatError(f"{path}: truncated ({size} bytes), not a safetensors file")
+                raise error(f"{path}: truncated ({size} bytes), not a safetensors file")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > _MAX_HEADER or header_len > size - 8:
-                raise AdapterFormatError(
+                raise error(
                     f"{path}: header claims {header_len} bytes but the file has {size}; "
                     "the file is corrupt or not safetensors"
                 )
             raw = fh.read(header_len)
     except OSError as exc:
-        raise AdapterFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise AdapterFormatError(
+        raise error(
             f"{path}: the safetensors header is not JSON; the file is corrupt or not safetensors"
         ) from None
     if not isinstance(header, dict):
-        raise AdapterFormatError(f"{path}: the safetensors header is not a JSON object")
+        raise error(f"{path}: the safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise AdapterFormatError(f"{path}: __metadata__ must map strings to strings")
+        raise error(f"{path}: __metadata__ must map strings to strings")
     data_start = 8 + header_len
     tensors: dict[str, TensorEntry] = {}
     for key, entry in header.items():
         try:
             dtype, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (TypeError, KeyError, ValueError):
-            raise AdapterFormatError(f"{path}: tensor {key!r} has a malformed header entry") from None
+            raise error(f"{path}: tensor {key!r} has a malformed header entry") from None
         width = _DTYPE_BYTES.get(dtype)
         count = 1
         for dim in shape:
             count *= int(dim)
         if width is not None and end - start != count * width:
-            raise AdapterFormatError(
+            raise error(
                 f"{path}: tensor {key!r} claims shape {list(shape)} {dtype} but holds "
                 f"{end - start} bytes; the file is corrupt"
             )
         if data_start + end > size:
-            raise AdapterFormatError(
+            raise error(
                 f"{path}: truncated: tensor {key!r} ends at byte {data_start + end} "
                 f"of a {size}-byte file; copy or download it again"
             )

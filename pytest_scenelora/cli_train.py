@@ -17,47 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .models import TINY
-from .settings import parse_device, parse_quantization
+from .settings import number_parser, parse_device, parse_quantization, parse_seed
 
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be 1 or more")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is negative")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
-    return number
-
-
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 <= number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be in [0, 1)")
-    return number
+_positive_int = number_parser(int, lambda n: n >= 1, "must be 1 or more")
+_positive_float = number_parser(float, lambda n: n > 0, "must be positive")
+_fraction = number_parser(float, lambda n: 0 <= n < 1, "must be in [0, 1)")
 
 
 def _names(value: str) -> list[str]:
@@ -131,7 +95,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
                      help=f"peak learning rate (default {TINY_LR} on the tiny base, {DEFAULT_LR} "
                           "on any other)")
     run.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N")
-    run.add_argument("--seed", type=_non_negative_int, default=0, metavar="N")
+    run.add_argument("--seed", type=parse_seed, default=0, metavar="N")
     run.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS, metavar="N",
                      help=f"CPU threads while training (default {DEFAULT_THREADS}; part of the cache "
                           "key, since it changes the float sums)")

@@ -37,11 +37,8 @@ def annotation_path(suite: str, root: Path | None, workspace: str | None) -> str
     path = Path(suite)
     if root is not None and not path.is_absolute():
         path = root / path
-    if workspace:
-        try:
-            return path.resolve().relative_to(Path(workspace).resolve()).as_posix()
-        except ValueError:
-            pass
+    if workspace and path.resolve().is_relative_to(Path(workspace).resolve()):
+        return path.resolve().relative_to(Path(workspace).resolve()).as_posix()
     return Path(suite).as_posix()
 
 

@@ -12,11 +12,11 @@ import enum
 import hashlib
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .adapters import read_header
 from .errors import BaseModelError, BaseModelNotFoundError
 
 if TYPE_CHECKING:
@@ -139,30 +139,6 @@ def preset_rows() -> list[dict[str, str]]:
 
 # ---------------------------------------------------------------------------- fingerprint
 
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file, read without touching the tensors."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) < 8:
-            raise ValueError("file is empty or shorter than a safetensors header")
-        (size,) = struct.unpack("<Q", raw)
-        if size > _MAX_HEADER:
-            raise ValueError(f"header claims {size} bytes, more than the 100 MB limit")
-        data = fh.read(size)
-    if len(data) < size:
-        raise ValueError(f"file is truncated inside its header ({len(data)} of {size} bytes)")
-    try:
-        header = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    return header
-
-
 def weight_files(model_dir: Path) -> list[Path]:
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
@@ -177,9 +153,9 @@ def tensor_index(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """name -> (shape, dtype) of every tensor of a base, from the file headers alone."""
     index: dict[str, tuple[tuple[int, ...], str]] = {}
     for path in weight_files(model_dir):
-        for name, entry in read_safetensors_header(path).items():
-            if name != "__metadata__":
-                index[name] = (tuple(entry["shape"]), entry["dtype"])
+        _, tensors, _ = read_header(path, error=BaseModelError)
+        for name, entry in tensors.items():
+            index[name] = (entry.shape, entry.dtype)
     return index
 
 

@@ -112,15 +112,16 @@ class SuiteRunner:
             from .models import fingerprint, pick_device, pick_dtype, resolve_base, weights_hash
 
             settings = self.session.settings
-            if self.model_loaded:
+            if "base" in self.session.__dict__:
                 base = self.session.base
-                path, device, dtype = base.path, str(base.device), base.dtype
+                path, device, dtype, fp = base.path, str(base.device), base.dtype, base.fingerprint
             else:
                 path = resolve_base(settings.base_model)
                 device = str(pick_device(settings.device))
-                dtype = str(pick_dtype(pick_device(settings.device))).removeprefix("torch.")
+                dtype = str(pick_dtype(device)).removeprefix("torch.")
+                fp = fingerprint(path)
             self._base_record = {
-                "model": settings.base_model, "name": str(path), "fingerprint": fingerprint(path),
+                "model": settings.base_model, "name": str(path), "fingerprint": fp,
                 "weights_sha256": weights_hash(path), "device": device, "dtype": dtype,
                 "quantization": settings.quantize.value,
             }
@@ -129,18 +130,8 @@ class SuiteRunner:
     def base_key(self) -> str:
         """The base's identity in cache keys: its weights' content hash, quantization and dtype."""
         if self._base_key is None:
-            from .models import weights_hash
-
-            if "base" in self.session.__dict__:
-                base = self.session.base
-                parts = (weights_hash(base.path), base.quantization.value, base.dtype)
-            else:
-                from .models import pick_device, pick_dtype, resolve_base
-
-                settings = self.session.settings
-                dtype = str(pick_dtype(pick_device(settings.device))).removeprefix("torch.")
-                parts = (weights_hash(resolve_base(settings.base_model)), settings.quantize.value, dtype)
-            self._base_key = sha256_bytes(*parts)
+            record = self.base_record()
+            self._base_key = sha256_bytes(record["weights_sha256"], record["quantization"], record["dtype"])
         return self._base_key
 
     # ----------------------------------------------------------------------- world

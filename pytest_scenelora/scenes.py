@@ -8,6 +8,7 @@ imported: the plugin loads these files while collecting, before any model is nee
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import enum
 import os
@@ -220,10 +221,10 @@ def load_yaml(path: Path | str) -> Any:
         raise SceneFileError(path, None, "no such file; check the path") from None
     except UnicodeDecodeError as exc:
         raise SceneFileError(path, None, f"not UTF-8 text ({exc.reason}); save it as UTF-8") from None
-    try:
+    # libyaml is fast; on any error, parse again with the pure-Python loader, whose
+    # messages and marks the errors below quote
+    with contextlib.suppress(yaml.YAMLError, _LocatedError):
         return yaml.load(text, Loader=FastLineLoader)
-    except (yaml.YAMLError, _LocatedError):
-        pass  # parse again with the pure-Python loader, whose messages the errors below quote
     try:
         return yaml.load(text, Loader=LineLoader)  # LineLoader is a SafeLoader
     except _LocatedError as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .models import TINY, Device, Quantization
 
@@ -23,14 +25,25 @@ parse_device = _choice(Device, "device")
 parse_quantization = _choice(Quantization, "quantization")
 
 
-def parse_seed(value: str) -> int:
-    try:
-        seed = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer seed") from None
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is negative; seeds are 0 or more")
-    return seed
+def number_parser(kind: type[int] | type[float], ok: Callable[[float], bool], requirement: str
+                  ) -> Callable[[str], Any]:
+    """An argparse ``type=`` for an int or float meeting *ok*; otherwise one line saying
+    what the value is not (a number at all, or *requirement*)."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+        if not ok(number):
+            raise argparse.ArgumentTypeError(f"{value!r} {requirement}")
+        return number
+
+    return parse
+
+
+parse_seed = number_parser(int, lambda n: n >= 0, "is negative; seeds are 0 or more")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class _Log:
 
 
 class SceneFailed(AssertionError):
-    pass
+    """One drawn scene missed the threshold: what Hypothesis shrinks and replays."""
 
 
 def describe_scene(scene: Scene) -> str:
