@@ -7,13 +7,22 @@ that produced them. Never by a file path: renaming an adapter reuses its rows, c
 one byte of it does not. The database runs in WAL mode with a busy timeout, and every
 write is an idempotent ``INSERT OR IGNORE`` in a short transaction, so pytest-xdist
 workers share it safely: two workers that race to the same row write the same value.
+
+The database is born complete: it is built (WAL mode, tables) in a temporary file and
+hard-linked into place, so no worker ever opens a half-made one or has to switch a fresh
+file to WAL while another holds it (SQLite answers that race with an immediate "database
+is locked", not with its busy timeout).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +57,15 @@ class ResultCache:
         self._local = threading.local()
         self.hits = 0
         self.misses = 0
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+        _create(self.path)
+        db = self._connect()
+        _retry_busy(lambda: db.executescript(SCHEMA))  # a database from an older release
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=60000")
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            _retry_busy(lambda: _set_up(db))
             self._local.db = db
         return db
 
@@ -141,6 +149,61 @@ class ResultCache:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+
+BUSY_TIMEOUT_S = 60.0
+
+
+def _create(path: Path) -> None:
+    """Put a complete WAL-mode database at *path* unless one is there; never replace one."""
+    if path.exists():
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+        # A hard link creates the name only if it is free: the first worker's database
+        # wins and nobody's open database is swapped out from under it.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except OSError:
+        pass  # no hard links on this filesystem: _set_up converts the file in place
+    finally:
+        for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
+def _set_up(db: sqlite3.Connection) -> None:
+    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+
+
+def _retry_busy(step: Callable[[], object], deadline_s: float = BUSY_TIMEOUT_S) -> None:
+    """Run *step*, retrying while SQLite reports the database busy or locked.
+
+    SQLite skips its busy handler where waiting could deadlock (a lock upgrade, WAL
+    recovery), so those cases come back at once and are retried here with backoff.
+    """
+    give_up = time.monotonic() + deadline_s
+    pause = 0.01
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as error:
+            message = str(error).lower()
+            if ("locked" not in message and "busy" not in message) or time.monotonic() > give_up:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
