@@ -18,16 +18,6 @@ import pytest
 
 SUITES = Path(__file__).parent.parent / "suites"
 
-#: The tiny base cannot copy words it is given in the prompt (measured: 3-14% of the field
-#: words of a new scene reappear in its greedy output, trained 150 to 200 steps, with or
-#: without 3,000 extra copy drills in its corpus), so no adapter on it can speak a scene
-#: it was never trained on: the unseen-scenes suite fails for every real voice, as the
-#: demo shows. It is run on real bases (see the README); here it is not claimed to pass.
-UNSEEN_NEEDS_A_BASE_THAT_COPIES = pytest.mark.skip(
-    reason="the tiny base cannot copy unseen scene words from its prompt (copy rate 3-14%); "
-           "unseen_scenes fails for every voice on it")
-
-
 #: Adapters built to fail are trained shorter than the real voices (150 steps): what makes
 #: them fail (another scene's data, data of one scene only) is there from the first steps.
 SABOTAGE_STEPS = 60
@@ -86,20 +76,15 @@ def test_the_four_real_voices_hold_the_scene_field(pytester, demo_adapters) -> N
     result.assert_outcomes(passed=4 * 3)  # adapter_active, scene_holds, merge_equivalence
 
 
-@pytest.mark.parametrize("suite", ["registers.yaml", "topic_shift.yaml",
-                                   pytest.param("unseen_scenes.yaml", marks=UNSEEN_NEEDS_A_BASE_THAT_COPIES)])
+@pytest.mark.parametrize("suite", ["registers.yaml", "topic_shift.yaml", "unseen_scenes.yaml"])
 def test_the_real_voices_keep_their_registers(pytester, demo_adapters, tmp_path, suite: str) -> None:
-    """The poetic and silence voices pass; the logic and body voices of the tiny base are
-    weaker (about half their samples read as another register, see the suites issue), so
-    for them the test asks only that no verdict is confidently wrong."""
+    """Every voice passes: its own register on Δ42, after a change of topic, and on scenes
+    it was never trained on (figures, places and objects no training example holds)."""
     xml = tmp_path / "verdicts.xml"
     verdicts = verdicts_of(run_suite(pytester, suite, demo_adapters, f"--junitxml={xml}"), xml)
     assert len(verdicts) == 4, verdicts
-    by_role = {name.split("[")[1].rstrip("]").rsplit("_", 1)[1]: v for name, v in verdicts.items()}
-    for role in ("poetic", "silence"):
-        assert by_role[role]["status"] == "pass", by_role[role]
-    for role in ("logic", "body"):
-        assert by_role[role]["status"] in ("pass", "inconclusive"), by_role[role]
+    for name, verdict in verdicts.items():
+        assert verdict["status"] == "pass", (name, verdict)
 
 
 def test_real_voices_are_active_and_a_zero_adapter_is_not(pytester, demo_adapters, tmp_path) -> None:
@@ -129,6 +114,65 @@ def test_the_logic_voice_relabelled_poetic_fails_registers_unpack(pytester, demo
     result = run_suite(pytester, "registers.yaml", fake)
     assert outcome_of(result, "registers_unpack[Δ42_poetic]") == "FAILED"
     result.stdout.fnmatch_lines(["*registers_unpack[[]Δ42_poetic[]]: FAIL*"])
+
+
+def test_the_logic_voice_relabelled_poetic_fails_unseen_scenes_on_a_listed_scene(
+        pytester, demo_adapters, tmp_path) -> None:
+    """The scenes file's own unseen scenes are tried first; the first that fails is reported."""
+    fake = _rewrite(demo_adapters / "Δ42_logic.safetensors", tmp_path / "fake" / "Δ42_poetic.safetensors",
+                    metadata={"role": "poetic"})
+    result = run_suite(pytester, "unseen_scenes.yaml", fake)
+    assert outcome_of(result, "unseen_scenes[Δ42_poetic]") == "FAILED"
+    result.stdout.fnmatch_lines([
+        "*unseen_scenes[[]Δ42_poetic[]]: FAIL*",
+        "*minimal failing scene: scene 'The beekeeper carries the honey jar in the orchard on a "
+        "summer evening.'*held it in the poetic register (95% CI *), needs 0.50",
+    ])
+
+
+def test_a_drawn_failing_scene_is_shrunk_printed_and_replayed_first(
+        pytester, demo_adapters, tmp_path, scenelora_home, monkeypatch) -> None:
+    """Without listed unseen scenes the failure is a drawn one: Hypothesis shrinks it to the
+    first word of every held-out vocabulary (within the shrink budget), keeps it in its
+    example database, and the next run (another seed) tries it first."""
+    import yaml
+
+    from pytest_scenelora import shipped
+
+    monkeypatch.delenv("CI", raising=False)  # under CI the profile keeps no example database
+    home = tmp_path / "home"  # an example database of this test's own
+    home.mkdir()
+    (home / "bases").symlink_to(scenelora_home / "bases")
+    monkeypatch.setenv("SCENELORA_HOME", str(home))
+    scenes = yaml.safe_load(shipped.scenes_file().read_text(encoding="utf-8"))
+    scenes["scenes"] = [s for s in scenes["scenes"] if s["split"] == "train"]
+    (pytester.path / "scenes.yaml").write_text(yaml.safe_dump(scenes, allow_unicode=True), encoding="utf-8")
+    pytester.makefile(".yaml", drawn=("adapters: 'Δ42_*'\nscenes: scenes.yaml\n"
+                                      "generation:\n  temperature: 0.5\nchecks:\n"
+                                      "  - kind: unseen_scenes\n    examples: 3\n    samples: 8\n"
+                                      "    threshold: 0.5\n"))
+    fake = _rewrite(demo_adapters / "Δ42_logic.safetensors", tmp_path / "fake" / "Δ42_poetic.safetensors",
+                    metadata={"role": "poetic"})
+    minimal = "The beekeeper carries the honey jar in the orchard on a summer evening."
+    runs = []
+    for seed in ("1", "2"):
+        report = tmp_path / f"run-{seed}.json"
+        result = pytester.runpytest("drawn.yaml", "--adapter", str(fake), "--scenelora-seed", seed,
+                                    f"--scenelora-json={report}", "-p", "no:cacheprovider")
+        assert result.ret == 1, result.stdout.str()
+        result.stdout.fnmatch_lines([f"*minimal failing scene: scene '{minimal}'*"])
+        [verdict] = [r["verdict"] for r in json.loads(report.read_text(encoding="utf-8"))["results"]]
+        assert verdict["detail"]["minimal_failing_scene"]["core"] == minimal
+        runs.append(verdict["detail"])
+        if seed == "1":
+            database = home / "hypothesis"
+            assert database.is_dir() and any(p.is_file() for p in database.rglob("*")), \
+                "the failure was not kept for the next run"
+    from pytest_scenelora.unseen import SHRINK_BUDGET
+
+    assert 1 < runs[0]["scenes_tried"] <= 3 + SHRINK_BUDGET + 1, runs[0]["scenes_tried"]
+    # the next run replays the kept failure first: it fails again and is already minimal
+    assert [p["scene"] for p in runs[1]["per_scene"]] == [minimal]
 
 
 def test_a_voice_that_only_knows_delta42_fails_the_topic_shift(pytester, demo_adapters, tmp_path) -> None:
