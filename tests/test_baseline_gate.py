@@ -96,8 +96,8 @@ def test_a_sabotaged_adapter_regresses_and_a_retrained_one_does_not(baseline, pr
                  "--scenelora-json", str(tmp_path / "candidate.json"), adapters=str(candidate))
     out = result.stdout
     assert result.returncode == 1, out
-    assert re.search(r"suite\.yaml:5: Δ42_poetic adapter_active: \d+\.\d\d → \d+\.\d\d \(−\d+\.\d\d, 95% CI "
-                     r"−\d+\.\d\d\.\.−\d+\.\d\d\), baseline of \d{4}-\d\d-\d\d", out), out
+    assert re.search(r"suite\.yaml:5: Δ42_poetic adapter_active: \d+\.\d+ → \d+\.\d+ \(−\d+\.\d+, 95% CI "
+                     r"−\d+\.\d+\.\.−\d+\.\d+\), baseline of \d{4}-\d\d-\d\d", out), out
     assert re.search(r"1 failed, 3 passed", out), out
     assert "FAILED suite.yaml::adapter_active[Δ42_poetic]" in out
     # -q keeps the coherence report to its summary line
