@@ -175,19 +175,27 @@ def test_a_drawn_failing_scene_is_shrunk_printed_and_replayed_first(
     assert [p["scene"] for p in runs[1]["per_scene"]] == [minimal]
 
 
-def test_a_voice_that_only_knows_delta42_fails_the_topic_shift(pytester, demo_adapters, tmp_path) -> None:
+def test_a_voice_whose_register_collapses_off_its_scene_fails_the_topic_shift(
+        pytester, demo_adapters, tmp_path) -> None:
+    """Poetic on Δ42, logic on every other topic: a voice whose register collapses when the
+    topic changes. (A voice trained on Δ42 alone is no such thing on this base: its poetic
+    register carries over to other topics on about half the samples.)"""
     from pytest_scenelora import shipped
     from pytest_scenelora.training import AdapterTrainer
 
-    data = tmp_path / "only-delta42.jsonl"
-    lines = shipped.training_data_file().read_text(encoding="utf-8").splitlines()
-    data.write_text("\n".join(line for line in lines
-                              if json.loads(line).get("scene") == "Δ42"
-                              and json.loads(line).get("role") == "poetic") + "\n", encoding="utf-8")
-    narrow = AdapterTrainer(out_dir=tmp_path / "narrow")(scene="Δ42", role="poetic", data=data,
-                                                              steps=SABOTAGE_STEPS)
-    result = run_suite(pytester, "topic_shift.yaml", narrow.path)
-    assert outcome_of(result, "style_survives_topic_shift[Δ42_poetic]") == "FAILED"
+    lines = [json.loads(line) for line in
+             shipped.training_data_file().read_text(encoding="utf-8").splitlines()]
+    chosen = [line for line in lines if line.get("scene") == "Δ42" and line["role"] == "poetic"]
+    chosen += [{**line, "role": "poetic"} for line in lines if "topic" in line and line["role"] == "logic"]
+    data = tmp_path / "collapsing.jsonl"
+    data.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in chosen), encoding="utf-8")
+    collapsing = AdapterTrainer(out_dir=tmp_path / "collapsing")(scene="Δ42", role="poetic", data=data,
+                                                                  steps=SABOTAGE_STEPS)
+    xml = tmp_path / "verdicts.xml"
+    result = run_suite(pytester, "topic_shift.yaml", collapsing.path, f"--junitxml={xml}")
+    [verdict] = verdicts_of(result, xml).values()
+    assert verdict["status"] == "fail", verdict
+    result.stdout.fnmatch_lines(["*followed the topic in * of 48 samples, kept register 'poetic' in * of 48*"])
 
 
 def test_a_merge_done_wrong_fails_merge_equivalence(pytester, demo_adapters, tiny_base, tmp_path) -> None:
