@@ -15,9 +15,10 @@ the ratio is only worth printing if the numbers agree.
 
 The last line reads ``ratio cold=<x> warm=<y>`` for the 16-adapter work.
 
-Run: python benchmarks/bench_suites.py [--quick]   (--quick: 1 and 4 adapters, 4 samples per
-check, no scaling table: for trying the script, not for figures). Building the base and training the demo
-adapters (cached) is not timed.
+Run: python benchmarks/bench_suites.py [--quick | --only 16]   (--quick: 1 and 4 adapters, 4
+samples per check, no scaling table: for trying the script, not for figures; --only 16: the
+16-adapter work alone, naive, cold and warm, about 12 minutes instead of 25). Building the
+base and training the demo adapters (cached) is not timed.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 and 4 adapters only, no scaling table")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--only", type=int, choices=(4, 16), metavar="N",
+                        help="just the N-adapter work (4 or 16): naive, cold and warm, and the ratio line")
     args = parser.parse_args()
     DEVICE[1] = args.device
 
@@ -181,6 +184,8 @@ def main() -> None:
     sets = {1: one, 4: make_variants(trained, work / "four", 1)}
     if not args.quick:
         sets[16] = make_variants(trained, work / "sixteen", 4)
+    if args.only:
+        sets = {args.only: sets[args.only]}
     suites = suites_with_samples(work / "suites-quick", 4) if args.quick else ROOT / "suites"
     big = max(sets)
 
@@ -192,23 +197,17 @@ def main() -> None:
         refs[count] = naive(f"naive (1 torch thread), {count} adapters", suites, sets[count], home, threads=1)
         cold[count] = scenelora(f"scenelora cold, {count} adapters", suites, sets[count], home)
         warm[count] = scenelora(f"scenelora warm, {count} adapters", suites, sets[count], home)
+    if args.only:
+        _table(refs, cold, warm)
+        _ratio_line(refs, cold, warm)
+        return
     home = fresh_home(bases)
     naive_default = naive("naive (torch's default threads), 1 adapter", suites, sets[1], home, threads=None)
     cold[1] = scenelora("scenelora cold, 1 adapter", suites, sets[1], home)
     xdist_home = fresh_home(bases)
     xdist = scenelora(f"scenelora cold, {big} adapters, -n 2", suites, sets[big], xdist_home, "-n", "2")
 
-    print("| work | run | wall | tokens/s of the work | peak RSS | naive / scenelora | verdicts as naive |")
-    print("|---|---|---|---|---|---|---|")
-    for count in sorted(refs):
-        ref = refs[count]
-        tokens = ref.tokens  # type: ignore[attr-defined]
-        for run in (ref, cold[count], warm[count]):
-            same, worst = agreement(run.verdicts, ref.verdicts)
-            ratio = "" if run is ref else f"{ref.wall_s / run.wall_s:.1f}x"
-            agree = "(reference)" if run is ref else f"{same} (max rel. score diff {worst:.1e})"
-            print(f"| {count} adapters | {run.label} | {run.wall_s:.1f} s | {tokens / run.wall_s:,.0f} "
-                  f"| {run.rss_mib:.0f} MiB | {ratio} | {agree} |")
+    _table(refs, cold, warm)
     tokens = naive_default.tokens  # type: ignore[attr-defined]
     for run in (naive_default, cold[1]):
         same, worst = agreement(run.verdicts, naive_default.verdicts)
@@ -235,8 +234,26 @@ def main() -> None:
                 print(f"| {count} | {samples} | {run.wall_s:.1f} s | {run.generated} "
                       f"| {1000 * run.wall_s / max(run.generated, 1):.0f} |")
     print()
+    _ratio_line(refs, cold, warm)
+
+
+def _table(refs: dict[int, Run], cold: dict[int, Run], warm: dict[int, Run]) -> None:
+    print("| work | run | wall | tokens/s of the work | peak RSS | naive / scenelora | verdicts as naive |")
+    print("|---|---|---|---|---|---|---|")
+    for count in sorted(refs):
+        ref = refs[count]
+        tokens = ref.tokens  # type: ignore[attr-defined]
+        for run in (ref, cold[count], warm[count]):
+            same, worst = agreement(run.verdicts, ref.verdicts)
+            ratio = "" if run is ref else f"{ref.wall_s / run.wall_s:.1f}x"
+            agree = "(reference)" if run is ref else f"{same} (max rel. score diff {worst:.1e})"
+            print(f"| {count} adapters | {run.label} | {run.wall_s:.1f} s | {tokens / run.wall_s:,.0f} "
+                  f"| {run.rss_mib:.0f} MiB | {ratio} | {agree} |")
+
+
+def _ratio_line(refs: dict[int, Run], cold: dict[int, Run], warm: dict[int, Run]) -> None:
     top = max(refs)
-    print(f"ratio cold={refs[top].wall_s / cold[top].wall_s:.1f} "
+    print(f"ratio cold={refs[top].wall_s / cold[top].wall_s:.2f} "
           f"warm={refs[top].wall_s / warm[top].wall_s:.1f}")
 
 

@@ -20,6 +20,7 @@ from pytest_scenelora.generation import (
 )
 
 CONFIGS = [
+    GenerationConfig(do_sample=True, temperature=0.5, top_p=0.95),  # the shipped suites'
     GenerationConfig(do_sample=True, temperature=0.9, top_p=0.95),
     GenerationConfig(do_sample=True, temperature=0.7, top_p=0.5),
     GenerationConfig(do_sample=True, temperature=1.3, top_p=1.0),
@@ -33,6 +34,8 @@ def test_batched_sampler_draws_the_tokens_of_the_per_row_sampler(config) -> None
     torch.manual_seed(0)
     for trial in range(40):
         logits = torch.randn(8, 4096) * torch.linspace(0.3, 12, 8)[:, None]
+        if trial % 2 == 1:
+            logits = torch.randn(8, 4096) * 12  # every row peaked: the nucleus is a short prefix
         if trial % 3 == 0:
             logits[:4, :3000] = logits[:4, :1]  # a wide plateau of exact ties
         if trial % 3 == 1:
@@ -44,6 +47,21 @@ def test_batched_sampler_draws_the_tokens_of_the_per_row_sampler(config) -> None
                     for i, s in enumerate(seeds)]
         drawn = _sample_rows(logits, config, [torch.Generator().manual_seed(s) for s in seeds])
         assert drawn.tolist() == expected
+
+
+def test_the_ranking_stops_early_only_when_every_nucleus_ends_inside_it() -> None:
+    import torch
+
+    from pytest_scenelora.generation import NUCLEUS_CANDIDATES, _rank
+
+    torch.manual_seed(1)
+    peaked = torch.softmax(torch.randn(4, 4096) * 12, dim=-1)
+    ranked, order = _rank(peaked, 0.95)
+    assert ranked.shape == (4, NUCLEUS_CANDIDATES + 1)
+    assert torch.equal(ranked, peaked.gather(-1, order))
+    assert torch.equal(ranked, torch.sort(peaked, descending=True).values[:, : NUCLEUS_CANDIDATES + 1])
+    mixed = torch.cat([peaked, torch.full((1, 4096), 1 / 4096)])  # one flat row: a wide nucleus
+    assert _rank(mixed, 0.95)[0].shape == (5, 4096)
 
 
 @pytest.fixture(scope="module")
