@@ -168,11 +168,12 @@ def _create(path: Path) -> None:
         finally:
             db.close()
         # A hard link creates the name only if it is free: the first worker's database
-        # wins and nobody's open database is swapped out from under it.
-        with contextlib.suppress(FileExistsError):
+        # wins and nobody's open database is swapped out from under it. Where it fails
+        # (another worker won, or the filesystem has no hard links) the name is left as
+        # it is: SQLite then opens or creates that file and _set_up switches it to WAL,
+        # retried while another worker holds it.
+        with contextlib.suppress(OSError):
             os.link(tmp, path)
-    except OSError:
-        pass  # no hard links on this filesystem: _set_up converts the file in place
     finally:
         for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
             with contextlib.suppress(FileNotFoundError):

@@ -42,7 +42,9 @@ def test_workers_that_open_a_fresh_cache_at_once_all_get_in(tmp_path: Path) -> N
             process.start()
         for process in workers:
             process.join(120)
-        failures = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+        failures = []
+        while not errors.empty():
+            failures.append(errors.get())
         assert not failures, f"round {round_}: {failures}"
         assert [p.exitcode for p in workers] == [0] * WORKERS
 
