@@ -58,6 +58,7 @@ class OneAtATimeEmbedder(Embedder):
 
     def __init__(self, stats: NaiveStats, name: str | None = None) -> None:
         super().__init__(name, device="cpu", cache=None)
+        self.pick_threads = False  # a plain script encodes on the threads torch was given
         self.stats = stats
         self.memo: dict[str, Any] = {}
 

@@ -497,6 +497,9 @@ class Embedder(_CachingScorer):
         self.cache = cache
         self.batch_size = batch_size
         self.key = model_content_key(self.path)
+        #: on CPU, encode on the cores this process has to itself (``encoder_threads``);
+        #: False: on whatever torch is set to
+        self.pick_threads = True
         self._model: SentenceTransformer | None = None
 
     def __repr__(self) -> str:
@@ -525,13 +528,10 @@ class Embedder(_CachingScorer):
         return int(getter())
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        from .generation import cpu_thread_limit, cpu_threads
+        from .generation import cpu_thread_limit, encoder_threads
 
         model = self.model
-        # a small encoder runs faster on one thread than on contended OpenMP threads
-        # (all-MiniLM-L6-v2, 192 texts on a loaded 2-core machine: 5.9 s vs 8.4 s)
-        encoder = getattr(model[0], "auto_model", None) if len(model) else None
-        threads = cpu_threads(encoder) if self.device == "cpu" else None
+        threads = encoder_threads() if self.device == "cpu" and self.pick_threads else None
         with cpu_thread_limit(threads):
             vecs = model.encode(
                 texts,

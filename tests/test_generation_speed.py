@@ -16,6 +16,7 @@ from pytest_scenelora.generation import (
     _sample_row,
     _sample_rows,
     cpu_threads,
+    encoder_threads,
     generate,
 )
 
@@ -47,6 +48,29 @@ def test_batched_sampler_draws_the_tokens_of_the_per_row_sampler(config) -> None
                     for i, s in enumerate(seeds)]
         drawn = _sample_rows(logits, config, [torch.Generator().manual_seed(s) for s in seeds])
         assert drawn.tolist() == expected
+
+
+def test_noise_outside_a_cut_nucleus_is_skipped_exactly(monkeypatch) -> None:
+    """Where the ranking was cut, each generator is moved past the noise of the columns that
+    cannot win instead of drawing it: on this torch that shortcut must hold (else the speed
+    is lost silently), and the fallback that draws the noise whole must draw the same tokens."""
+    import torch
+
+    from pytest_scenelora import generation
+
+    assert generation._skipping_is_exact()
+    torch.manual_seed(2)
+    logits = torch.randn(16, 4096) * 12  # peaked rows: a short nucleus, the ranking is cut
+    config = CONFIGS[0]
+    seeds = list(range(16))
+    fast_generators = [torch.Generator().manual_seed(s) for s in seeds]
+    fast = _sample_rows(logits, config, fast_generators)
+    monkeypatch.setattr(generation, "_skipping_is_exact", lambda: False)
+    whole_generators = [torch.Generator().manual_seed(s) for s in seeds]
+    assert torch.equal(_sample_rows(logits, config, whole_generators), fast)
+    # and every generator stands where the whole draw left it: the next tokens agree too
+    assert all(torch.equal(a.get_state(), b.get_state())
+               for a, b in zip(fast_generators, whole_generators, strict=True))
 
 
 def test_the_ranking_stops_early_only_when_every_nucleus_ends_inside_it() -> None:
@@ -98,6 +122,22 @@ def test_row_routing_gives_the_text_of_peft_mixed_batches(library, config) -> No
 
 
 def test_small_models_decode_on_one_thread(tiny_base, monkeypatch) -> None:
+    monkeypatch.delenv("SCENELORA_CPU_THREADS", raising=False)
     assert cpu_threads(tiny_base.model) == 1
     monkeypatch.setenv("SCENELORA_CPU_THREADS", "3")
     assert cpu_threads(tiny_base.model) == 3
+
+
+def test_the_encoder_uses_the_cores_no_other_worker_uses(monkeypatch) -> None:
+    import os
+
+    monkeypatch.delenv("SCENELORA_CPU_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert encoder_threads() == 4  # alone: every core
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert encoder_threads() == 2
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "8")
+    assert encoder_threads() == 1  # more workers than cores: one thread each, never none
+    monkeypatch.setenv("SCENELORA_CPU_THREADS", "3")
+    assert encoder_threads() == 3
