@@ -175,6 +175,51 @@ def test_a_drawn_failing_scene_is_shrunk_printed_and_replayed_first(
     assert [p["scene"] for p in runs[1]["per_scene"]] == [minimal]
 
 
+#: A conftest for a pytester run: keeps the size of every generation batch in batches.json.
+BATCH_LOG = """
+import json, pathlib
+from pytest_scenelora.library import AdapterLibrary
+
+HERE, ORIGINAL, SIZES = pathlib.Path(__file__).parent, AdapterLibrary.generate, []
+
+def logged(self, prompts, *args, **kwargs):
+    SIZES.append(len(prompts))
+    return ORIGINAL(self, prompts, *args, **kwargs)
+
+def pytest_configure(config):
+    AdapterLibrary.generate = logged
+
+def pytest_unconfigure(config):
+    AdapterLibrary.generate = ORIGINAL
+    (HERE / "batches.json").write_text(json.dumps(SIZES))
+"""
+
+
+@pytest.mark.parametrize("ci", ["", "1"], ids=["seeded", "ci"])
+def test_an_unseen_scenes_check_generates_every_scene_in_one_batch(
+        pytester, demo_adapters, tmp_path, scenelora_home, monkeypatch, ci: str) -> None:
+    """The scenes Hypothesis will draw are known before it runs them (the same seeded
+    engine lists them first), so a passing check generates the listed and drawn scenes'
+    samples together: 8 scenes x 8 samples is one batch of at most 64 rows, not eight."""
+    from pytest_scenelora.runner import BATCH_ROWS
+    from pytest_scenelora.suite import load_suite
+
+    monkeypatch.setenv("CI", ci)
+    home = tmp_path / "home"  # nothing cached: every sample is generated
+    home.mkdir()
+    (home / "bases").symlink_to(scenelora_home / "bases")
+    monkeypatch.setenv("SCENELORA_HOME", str(home))
+    pytester.makeconftest(BATCH_LOG)
+    result = run_suite(pytester, "unseen_scenes.yaml", demo_adapters / "Δ42_poetic.safetensors")
+    assert outcome_of(result, "unseen_scenes[Δ42_poetic]") == "PASSED"
+    [spec] = load_suite(SUITES / "unseen_scenes.yaml").checks
+    sizes = json.loads((pytester.path / "batches.json").read_text())
+    assert len(sizes) == 1 and sizes[0] <= BATCH_ROWS, sizes
+    # the listed scenes and at least most of the drawn ones (a draw may repeat a scene)
+    assert sizes[0] >= (3 + spec["examples"] - 1) * spec["samples"], sizes
+    assert generated_count(result) == sizes[0]
+
+
 def test_a_voice_whose_register_collapses_off_its_scene_fails_the_topic_shift(
         pytester, demo_adapters, tmp_path) -> None:
     """Poetic on Δ42, logic on every other topic: a voice whose register collapses when the
