@@ -219,12 +219,12 @@ def encoder_threads() -> int:
     """
     import os
 
+    from .workers import cores, worker_count
+
     explicit = os.environ.get("SCENELORA_CPU_THREADS")
     if explicit:
         return max(1, int(explicit))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    return max(1, cores // (int(workers) if workers.isdigit() and int(workers) > 0 else 1))
+    return max(1, cores() // worker_count())
 
 
 @contextlib.contextmanager

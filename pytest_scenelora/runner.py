@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import shipped
 from .cache import ResultCache, generation_key
-from .fsutil import canonical_json, file_lock, sha256_bytes
+from .fsutil import canonical_json, sha256_bytes
 from .generation import GenerationConfig, rows_per_batch
 from .prompts import InputMode, scene_prompt, topic_prompt
 from .scenes import Register, Scene, SceneSet, Topic, load_registers, load_scenes, load_topics
@@ -162,12 +162,10 @@ class SuiteRunner:
         world, scorer = self.world(suite), self.scorer(suite)
         key = (id(world), id(scorer))
         if key not in self._spaces:
-            # one process embeds the references; xdist workers arriving meanwhile wait for
-            # it and then read every vector from the shared cache instead of embedding twice
-            with file_lock(self.cache.path.with_name(f"{self.cache.path.name}.references")):
-                self._spaces[key] = register_centroids(
-                    {name: scorer.embed(reg.texts) for name, reg in world.registers.items()}
-                )
+            embed_shared(scorer, [text for reg in world.registers.values() for text in reg.texts])
+            self._spaces[key] = register_centroids(
+                {name: scorer.embed(reg.texts) for name, reg in world.registers.items()}
+            )
         return self._spaces[key]
 
     # ------------------------------------------------------------------ generation
@@ -417,6 +415,28 @@ class _SceneSamples:
     scene_vec: Any
     distractor_names: list[str]
     distractor_vecs: Any
+
+
+#: Texts per chunk of :func:`embed_shared`: one encoder batch.
+SHARED_CHUNK = 64
+
+
+def embed_shared(scorer: Any, texts: Sequence[str]) -> None:
+    """Put the vectors of *texts* in the scorer's cache, the run's xdist workers side by side.
+
+    The texts go in chunks around a ring, each worker starting at its own place in it and
+    skipping the chunks another worker has stored meanwhile: two workers that start
+    together meet halfway, each having embedded half (a chunk they reach at the same
+    moment is the only one embedded twice), where one used to embed everything while the
+    other waited on a lock. A worker alone goes round the whole ring. The chunks are the
+    same whoever embeds them, so every vector is that of a run without xdist.
+    """
+    from .workers import worker_count, worker_index
+
+    chunks = [list(texts[i : i + SHARED_CHUNK]) for i in range(0, len(texts), SHARED_CHUNK)]
+    start = len(chunks) * worker_index() // worker_count()
+    for chunk in chunks[start:] + chunks[:start]:
+        scorer.embed(chunk)  # texts the cache holds are read, not embedded
 
 
 def scene_request_prompt(scene: Scene, mode: InputMode | None = None) -> str:

@@ -306,13 +306,22 @@ def _samples_per_adapter() -> int:
     return spec["samples"]
 
 
-def test_xdist_gives_the_verdicts_of_one_process(pytester, demo_adapters, tmp_path) -> None:
+def test_xdist_gives_the_verdicts_of_one_process(pytester, demo_adapters, tmp_path, scenelora_home,
+                                                monkeypatch) -> None:
+    """Each run from an empty results cache, so that under -n 2 the workers really share
+    the work (the register references are embedded half by each) and still agree."""
     scores = {}
     for workers in ("0", "2"):
         xml = tmp_path / f"n{workers}.xml"
-        shutil.copy(SUITES / "scene_field.yaml", pytester.path / "scene_field.yaml")
-        result = pytester.runpytest_subprocess("scene_field.yaml", "--adapter", str(demo_adapters),
-                                               "-n", workers, f"--junitxml={xml}", "-p", "no:cacheprovider")
+        home = tmp_path / f"home-{workers}"
+        home.mkdir()
+        (home / "bases").symlink_to(scenelora_home / "bases")
+        monkeypatch.setenv("SCENELORA_HOME", str(home))
+        for suite in ("scene_field.yaml", "registers.yaml"):
+            shutil.copy(SUITES / suite, pytester.path / suite)
+        result = pytester.runpytest_subprocess("scene_field.yaml", "registers.yaml", "--adapter",
+                                               str(demo_adapters), "-n", workers, f"--junitxml={xml}",
+                                               "-p", "no:cacheprovider")
         assert result.ret in (0, 1), result.stdout.str()
         scores[workers] = {
             case.get("name"): json.loads(prop.get("value"))["score"]
