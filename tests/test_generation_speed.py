@@ -73,19 +73,23 @@ def test_noise_outside_a_cut_nucleus_is_skipped_exactly(monkeypatch) -> None:
                for a, b in zip(fast_generators, whole_generators, strict=True))
 
 
-def test_the_ranking_stops_early_only_when_every_nucleus_ends_inside_it() -> None:
+def test_only_rows_whose_nucleus_ends_early_get_a_cut_ranking() -> None:
     import torch
 
-    from pytest_scenelora.generation import NUCLEUS_CANDIDATES, _rank
+    from pytest_scenelora.generation import NUCLEUS_CANDIDATES, _rankings
 
     torch.manual_seed(1)
     peaked = torch.softmax(torch.randn(4, 4096) * 12, dim=-1)
-    ranked, order = _rank(peaked, 0.95)
-    assert ranked.shape == (4, NUCLEUS_CANDIDATES + 1)
+    [(rows, ranked, order)] = _rankings(peaked, 0.95)
+    assert rows == [0, 1, 2, 3] and ranked.shape == (4, NUCLEUS_CANDIDATES + 1)
     assert torch.equal(ranked, peaked.gather(-1, order))
     assert torch.equal(ranked, torch.sort(peaked, descending=True).values[:, : NUCLEUS_CANDIDATES + 1])
-    mixed = torch.cat([peaked, torch.full((1, 4096), 1 / 4096)])  # one flat row: a wide nucleus
-    assert _rank(mixed, 0.95)[0].shape == (5, 4096)
+    flat = torch.full((1, 4096), 1 / 4096)  # a wide nucleus: this row needs its full ranking
+    mixed = torch.cat([peaked[:2], flat, peaked[2:]])
+    groups = list(_rankings(mixed, 0.95))
+    assert [(rows, ranked.shape) for rows, ranked, _ in groups] == [
+        ([0, 1, 3, 4], (4, NUCLEUS_CANDIDATES + 1)), ([2], (1, 4096))]
+    assert torch.equal(groups[1][1], flat)
 
 
 @pytest.fixture(scope="module")
