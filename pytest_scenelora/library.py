@@ -112,6 +112,7 @@ class AdapterLibrary:
             self._peft.add_adapter(key, config)
         set_peft_model_state_dict(self._peft, tensors, adapter_name=key)
         self._peft.eval()
+        self._peft.requires_grad_(False)  # held for inference: PEFT adds adapters trainable
         self._entries[name] = LibraryEntry(name, key, info.content_hash, info,
                                            warnings=tuple(check.warnings))
         if len(self._entries) == 1:
@@ -196,11 +197,20 @@ class AdapterLibrary:
                 f"cannot merge {name!r} into a {self.base.quantization.value}-quantized base "
                 "copy; load the base with --quantize none to test merges"
             )
-        clone = copy.deepcopy(self._peft)
+        import torch
+
+        others = {other.key for other in self._entries.values() if other.key != entry.key}
+        # the other adapters' layers are shared with the copy, not copied (it drops them at
+        # once): with 16 adapters held, copying them all was most of a merge's time
+        shared = {id(layer): layer for module in self._peft.modules()
+                  if isinstance(module, (torch.nn.ModuleDict, torch.nn.ParameterDict))
+                  for key, layer in module.items() if key in others}
+        clone = copy.deepcopy(self._peft, memo=shared)
+        # set_adapter freezes every other adapter's layers, the shared ones too: the library
+        # holds them frozen already (see add), so nothing of it changes
         clone.set_adapter(entry.key, inference_mode=True)
-        for other in self._entries.values():
-            if other.key != entry.key:
-                clone.delete_adapter(other.key)
+        for key in others:
+            clone.delete_adapter(key)
         return clone.merge_and_unload()
 
     # --------------------------------------------------------------- generation
