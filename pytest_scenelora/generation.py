@@ -194,14 +194,16 @@ def _skipping_is_exact() -> bool:
     return torch.equal(full[: head.numel()], head) and torch.equal(whole.get_state(), split.get_state())
 
 
-def rows_per_batch(model: Any, tokens: int, *, share: float = 0.6, most: int = 512) -> int:
+def rows_per_batch(model: Any, tokens: int, *, share: float = 0.6, most: int = 512,
+                   free: int | None = None) -> int:
     """How many rows of *tokens* (prompt plus new) one decode batch on CUDA can hold.
 
     Per row, the KV cache (2 x layers x kv heads x head width x tokens, in the model's
     dtype) and the prefill's float32 logits (tokens x vocabulary) dominate; *share* of
-    the memory that ``torch.cuda.mem_get_info`` reports free is spent on them, leaving
-    room for activations and the allocator. A 7B Mistral in bf16 with 80 tokens a row
-    costs ~12 MiB a row, so a 24 GiB card with 9 GiB free takes 450 rows.
+    the *free* bytes (by default what ``torch.cuda.mem_get_info`` reports) is spent on
+    them, leaving room for activations and the allocator. A 7B Mistral in bf16 with 80
+    tokens a row costs ~20 MiB a row (128 KiB of KV cache and 125 KiB of logits a token),
+    so a card with 9 GiB free takes 279 rows.
     """
     import torch
 
@@ -213,7 +215,8 @@ def rows_per_batch(model: Any, tokens: int, *, share: float = 0.6, most: int = 5
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         width = 2  # activations and cache are in the compute dtype, not the storage one
     per_row = tokens * (2 * layers * heads * head_dim * width + 4 * config.vocab_size)
-    free, _total = torch.cuda.mem_get_info()
+    if free is None:
+        free, _total = torch.cuda.mem_get_info()
     return max(1, min(most, int(free * share) // max(per_row, 1)))
 
 

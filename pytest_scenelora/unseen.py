@@ -96,7 +96,7 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
 
     from .checks.registers import register_holds
     from .checks.scene import scene_margins
-    from .runner import Request, scene_request_prompt
+    from .runner import BATCH_ROWS, Request, scene_request_prompt
     from .strategies import scenes
     from .verdict import Sample, Status, decide
 
@@ -114,6 +114,18 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
     contexts: list[dict[str, Any]] = []
 
     drawn: list[Scene] | None = None  # while the draws are being listed ahead of the run
+    ahead: dict[str, Scene] = {}  # scenes known to come whose samples are not generated yet
+
+    def generate_ahead(scene: Scene) -> None:
+        """*scene*'s samples, with those of the next scenes known to come: one batch."""
+        if scene.core not in ahead:
+            return
+        cores = list(ahead)
+        start = cores.index(scene.core)
+        window = [ahead.pop(core) for core in cores[start : start + max(1, BATCH_ROWS // spec["samples"])]]
+        prompts = [scene_request_prompt(s, InputMode.FRAGMENT) for s in window]
+        outputs = runner.texts([Request(adapter, prompt, spec["samples"]) for prompt in prompts], config)
+        scorer.embed([s.core for s in window] + [text for texts in outputs for text in texts])
 
     def trial(scene: Scene) -> None:
         if drawn is not None:
@@ -123,6 +135,7 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
             if log.shrink_trials >= SHRINK_BUDGET:
                 reject()  # shrinking keeps the smallest failure found so far
             log.shrink_trials += 1
+        generate_ahead(scene)
         prompt = scene_request_prompt(scene, InputMode.FRAGMENT)
         [outputs] = runner.texts([Request(adapter, prompt, spec["samples"])], config)
         vecs = scorer.embed(outputs)
@@ -168,18 +181,18 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
 
     listed = world.scenes.split(Split.UNSEEN)
     # The scenes Hypothesis will draw, listed first by the same seeded engine with nothing
-    # to fail (and no database to touch), so that every scene's samples are generated in
-    # one batch rather than eight rows at a time (33 ms a row instead of 10 on the tiny
-    # base). A stored failure is replayed before any draw (and then shrunk): that run's
-    # scenes are not known ahead, so only the listed ones are. Scenes the run adds on its
-    # own way are generated as it reaches them.
+    # to fail (and no database to touch), so that scenes are generated a batch at a time
+    # (eight scenes of eight samples: 10 ms a row on the tiny base) rather than one scene's
+    # eight rows at a time (33 ms a row). Generation runs at most one batch ahead of the
+    # run: a failure stops the draws, and what was generated past it is wasted. A stored failure
+    # is replayed before any draw (and then shrunk): that run's scenes are not known ahead,
+    # so only the listed ones are. Scenes the run adds on its own way (shrinking) are
+    # generated as it reaches them.
     drawn = []
     if not _holds_a_failure(options["database"], trial):
         wrapped(database=None)()
-    ahead, drawn = listed + drawn, None
-    prompts = [scene_request_prompt(scene, InputMode.FRAGMENT) for scene in ahead]
-    outputs = runner.texts([Request(adapter, prompt, spec["samples"]) for prompt in prompts], config)
-    scorer.embed([s.core for s in ahead] + [text for texts in outputs for text in texts])
+    ahead.update((s.core, s) for s in listed + drawn)
+    drawn = None
 
     test = wrapped(listed)
     failure: SceneFailed | None = None

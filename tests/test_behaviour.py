@@ -220,6 +220,28 @@ def test_an_unseen_scenes_check_generates_every_scene_in_one_batch(
     assert generated_count(result) == sizes[0]
 
 
+def test_a_failing_unseen_scenes_check_generates_no_more_than_one_batch_ahead(
+        pytester, demo_adapters, tmp_path, scenelora_home, monkeypatch) -> None:
+    """With 20 scenes to draw, the draws known ahead are generated a batch at a time; the
+    relabelled voice fails on its first listed scene, so Hypothesis draws nothing more and
+    only that first batch (3 listed + 5 drawn scenes of 8 samples) was generated."""
+    from pytest_scenelora.runner import BATCH_ROWS
+
+    monkeypatch.setenv("CI", "1")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "bases").symlink_to(scenelora_home / "bases")
+    monkeypatch.setenv("SCENELORA_HOME", str(home))
+    pytester.makefile(".yaml", many=("adapters: 'Δ42_*'\ngeneration:\n  temperature: 0.5\nchecks:\n"
+                                     "  - kind: unseen_scenes\n    examples: 20\n    samples: 8\n"
+                                     "    threshold: 0.5\n"))
+    fake = _rewrite(demo_adapters / "Δ42_logic.safetensors", tmp_path / "fake" / "Δ42_poetic.safetensors",
+                    metadata={"role": "poetic"})
+    result = pytester.runpytest("many.yaml", "--adapter", str(fake), "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*unseen_scenes[[]Δ42_poetic[]]: FAIL*"])
+    assert generated_count(result) == BATCH_ROWS  # not (3 + 20) x 8 = 184
+
+
 def test_a_voice_whose_register_collapses_off_its_scene_fails_the_topic_shift(
         pytester, demo_adapters, tmp_path) -> None:
     """Poetic on Δ42, logic on every other topic: a voice whose register collapses when the

@@ -145,3 +145,24 @@ def test_the_encoder_uses_the_cores_no_other_worker_uses(monkeypatch) -> None:
     assert encoder_threads() == 1  # more workers than cores: one thread each, never none
     monkeypatch.setenv("SCENELORA_CPU_THREADS", "3")
     assert encoder_threads() == 3
+
+
+def test_cuda_batches_are_sized_from_free_memory(tiny_base) -> None:
+    """The arithmetic ``--device cuda`` sizes batches with, on a Mistral-7B-shaped model
+    (built on the meta device: no memory) and on the tiny base."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from pytest_scenelora.generation import rows_per_batch
+
+    with torch.device("meta"):
+        mistral = MistralForCausalLM(MistralConfig()).to(torch.bfloat16)  # the 7B's shape
+    gib = 2**30
+    assert rows_per_batch(mistral, 80, free=9 * gib) == 279  # ~20 MiB a row
+    assert rows_per_batch(mistral, 160, free=9 * gib) == 139  # twice the tokens, half the rows
+    assert rows_per_batch(mistral, 80, free=64 * gib) == 512  # capped
+    assert rows_per_batch(mistral, 80, free=10 * 2**20) == 1  # never none
+    # the tiny base: float32, 4 layers of 2 KV heads of 32, 4,096 tokens of vocabulary
+    per_row = 80 * (2 * 4 * 2 * 32 * 4 + 4 * 4096)
+    assert rows_per_batch(tiny_base.model, 80, free=gib, most=10**6) == int(gib * 0.6) // per_row
+
