@@ -10,8 +10,9 @@ the next run. A scene that merely comes out below the bar in a few samples is no
 counterexample; it counts in the pooled verdict over every scene tried.
 
 The scenes the scenes file marks ``split: unseen`` are tried first, as explicit examples.
-Draws are seeded by ``--scenelora-seed`` (so a warm re-run is served from the cache);
-under CI (``CI`` set) the profile is fully derandomized, without a database.
+Draws are seeded by ``--scenelora-seed`` alone, with or without CI, so a warm re-run is
+served from the cache and a CI machine draws the scenes a developer's run drew. Under CI
+(``CI`` set) no example database is kept: nothing is replayed there.
 """
 
 from __future__ import annotations
@@ -152,17 +153,14 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
                               f"in the {register} register (95% CI {verdict.ci_low:.2f}.."
                               f"{verdict.ci_high:.2f}), needs {threshold:.2f}", log.trials[-1])
 
-    ci = bool(os.environ.get("CI"))
     options: dict[str, Any] = {
         "max_examples": spec["examples"],
         "deadline": None,
         "suppress_health_check": list(HealthCheck),
         "print_blob": False,
     }
-    if ci:
-        options.update(derandomize=True, database=None)
-    else:
-        options["database"] = DirectoryBasedExampleDatabase(str(cache_home() / "hypothesis"))
+    options["database"] = None if os.environ.get("CI") else DirectoryBasedExampleDatabase(
+        str(cache_home() / "hypothesis"))
     # one database key per suite, check and adapter identity, so failures replay where they belong
     identity = f"{suite.path}::{spec.name}::{runner.adapter(adapter).content_hash}"
     trial._hypothesis_internal_add_digest = identity.encode()
@@ -172,11 +170,11 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
         for scene in reversed(examples):
             test = example(scene)(test)
         test = settings(**{**options, **overrides})(test)
-        if not ci:
-            # Seeded draws (a warm re-run is served from the cache) that keep the example
-            # database: ``@hypothesis.seed`` would turn the database off, and with it the
-            # replay of the last failure.
-            test._hypothesis_internal_use_seed = runner.seed
+        # Seeded draws that keep the example database: ``@hypothesis.seed`` would turn the
+        # database off, and with it the replay of the last failure. (Hypothesis's own
+        # ``derandomize`` seeds from a digest of this function's source: every edit of it
+        # would change the scenes drawn under CI.)
+        test._hypothesis_internal_use_seed = runner.seed
         return test
 
     listed = world.scenes.split(Split.UNSEEN)

@@ -220,6 +220,21 @@ def test_an_unseen_scenes_check_generates_every_scene_in_one_batch(
     assert generated_count(result) == sizes[0]
 
 
+def test_ci_draws_the_unseen_scenes_a_developer_run_draws(pytester, demo_adapters, tmp_path,
+                                                         monkeypatch) -> None:
+    """The draws depend on --scenelora-seed only: not on CI being set (where no example
+    database is kept), and so not on the source of the code that runs them."""
+    drawn = {}
+    for ci in ("", "1"):
+        monkeypatch.setenv("CI", ci)
+        report = tmp_path / f"ci-{ci or 'unset'}.json"
+        run_suite(pytester, "unseen_scenes.yaml", demo_adapters / "Δ42_body.safetensors",
+                  f"--scenelora-json={report}")
+        [verdict] = [r["verdict"] for r in json.loads(report.read_text(encoding="utf-8"))["results"]]
+        drawn[ci] = [s["scene"] for s in verdict["detail"]["per_scene"]]
+    assert len(set(drawn[""])) >= 6 and drawn[""] == drawn["1"]
+
+
 def test_a_failing_unseen_scenes_check_generates_no_more_than_one_batch_ahead(
         pytester, demo_adapters, tmp_path, scenelora_home, monkeypatch) -> None:
     """With 20 scenes to draw, the draws known ahead are generated a batch at a time; the
