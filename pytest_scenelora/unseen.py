@@ -126,7 +126,7 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
         window = [ahead.pop(core) for core in cores[start : start + max(1, BATCH_ROWS // spec["samples"])]]
         prompts = [scene_request_prompt(s, InputMode.FRAGMENT) for s in window]
         outputs = runner.texts([Request(adapter, prompt, spec["samples"]) for prompt in prompts], config)
-        scorer.embed([s.core for s in window] + [text for texts in outputs for text in texts])
+        scorer.embed([s.core for s in window] + [text for batch in outputs for text in batch])
 
     def trial(scene: Scene) -> None:
         if drawn is not None:
