@@ -9,9 +9,10 @@ warm (everything cached). One table: wall time, tokens of the work per second, p
 RSS, and naive / scenelora. Then pytest-xdist (``-n 2``) against one process, and a
 scaling table over adapters (1, 4, 16) and samples per check (4, 16).
 
-Hypothesis runs derandomized (``CI=1``) on both sides so that they draw the same unseen
-scenes, and every scenelora verdict is compared with the reference's (status and score):
-the ratio is only worth printing if the numbers agree.
+Both sides draw the same unseen scenes (seeded by the same ``--scenelora-seed``; ``CI=1``
+keeps Hypothesis's example database out of it), and every scenelora verdict is compared
+with the reference's (status and score): the ratio is only worth printing if the numbers
+agree.
 
 The last line reads ``ratio cold=<x> warm=<y>`` for the 16-adapter work.
 
