@@ -112,7 +112,7 @@ class AdapterLibrary:
             self._peft.add_adapter(key, config)
         set_peft_model_state_dict(self._peft, tensors, adapter_name=key)
         self._peft.eval()
-        self._peft.requires_grad_(False)  # held for inference: PEFT adds adapters trainable
+        self._peft.requires_grad_(False)  # held for inference, whatever the adapter config says
         self._entries[name] = LibraryEntry(name, key, info.content_hash, info,
                                            warnings=tuple(check.warnings))
         if len(self._entries) == 1:

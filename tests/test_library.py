@@ -85,6 +85,9 @@ def test_cat_combination_is_the_exact_weighted_sum(library) -> None:
 def test_merged_copy_matches_the_unmerged_adapter(library) -> None:
     import torch
 
+    # held for inference: no adapter is trainable (a merge's copy shares their layers, and
+    # freezing the copy's would otherwise change the library's)
+    assert not any(p.requires_grad for p in library.model.parameters())
     before = library.logits(PROMPTS, ["Δ42_logic", None, "Δ42_poetic"])
     merged = library.merged("Δ42_body")
     assert torch.allclose(library.logits(PROMPTS, "Δ42_body"),
@@ -92,7 +95,6 @@ def test_merged_copy_matches_the_unmerged_adapter(library) -> None:
     assert library.names == ["Δ42_logic", "Δ42_poetic", "Δ42_body", "Δ42_silence"]
     # the library is as it was: its other adapters and the base give the very same logits
     assert torch.equal(library.logits(PROMPTS, ["Δ42_logic", None, "Δ42_poetic"]), before)
-    assert not any(p.requires_grad for p in library.model.parameters())  # held for inference
     assert not any(n for n, _ in merged.named_modules() if "lora" in n)  # a plain model
 
 
