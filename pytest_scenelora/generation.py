@@ -246,8 +246,8 @@ def encoder_threads() -> int:
 
     Unlike a decode step, a batch of 64 texts is big enough to split (all-MiniLM-L6-v2 on
     the 384 register references: 9.5 s on one thread, 5.2 s on two idle cores), but only
-    over cores that nothing else of this run keeps busy: with the other core taken it was
-    8.4 s on two threads against 5.9 s on one. So: the cores this process may run on,
+    over cores that nothing else of this run keeps busy: 192 texts with the other core
+    taken took 8.4 s on two threads against 5.9 s on one. So: the cores this process may run on,
     shared evenly among pytest-xdist's workers. ``SCENELORA_CPU_THREADS`` overrides.
     """
     import os
