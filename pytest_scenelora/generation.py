@@ -229,11 +229,9 @@ def cpu_threads(model: Any) -> int | None:
     base took 9-44 s on 2 threads and 3.2 s on 1, with identical text. Models of width
     1024 and up keep torch's default. ``SCENELORA_CPU_THREADS`` overrides both.
     """
-    import os
-
-    explicit = os.environ.get("SCENELORA_CPU_THREADS")
+    explicit = _threads_asked()
     if explicit:
-        return max(1, int(explicit))
+        return explicit
     config = getattr(model, "config", None)
     width = getattr(config, "hidden_size", None)
     if width is None and hasattr(model, "get_base_model"):
@@ -250,14 +248,17 @@ def encoder_threads() -> int:
     taken took 8.4 s on two threads against 5.9 s on one. So: the cores this process may run on,
     shared evenly among pytest-xdist's workers. ``SCENELORA_CPU_THREADS`` overrides.
     """
-    import os
-
     from .workers import cores, worker_count
 
+    return _threads_asked() or max(1, cores() // worker_count())
+
+
+def _threads_asked() -> int | None:
+    """The thread count ``SCENELORA_CPU_THREADS`` asks for (None: not set)."""
+    import os
+
     explicit = os.environ.get("SCENELORA_CPU_THREADS")
-    if explicit:
-        return max(1, int(explicit))
-    return max(1, cores() // worker_count())
+    return max(1, int(explicit)) if explicit else None
 
 
 @contextlib.contextmanager

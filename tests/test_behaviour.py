@@ -32,6 +32,21 @@ def demo_adapters(scenelora_home: Path, tiny_base_dir: Path, tmp_path_factory) -
     return out
 
 
+@pytest.fixture
+def fresh_home(scenelora_home: Path, tmp_path: Path, monkeypatch):
+    """``fresh_home(name)``: a SCENELORA_HOME of this test's own (no cached results, no
+    example database) that shares the session's built base; set in the environment."""
+
+    def make(name: str = "home") -> Path:
+        home = tmp_path / name
+        home.mkdir()
+        (home / "bases").symlink_to(scenelora_home / "bases")
+        monkeypatch.setenv("SCENELORA_HOME", str(home))
+        return home
+
+    return make
+
+
 def _rewrite(src: Path, dst: Path, *, metadata=None, transform=None) -> Path:
     from safetensors.torch import load_file, save_file
 
@@ -131,7 +146,7 @@ def test_the_logic_voice_relabelled_poetic_fails_unseen_scenes_on_a_listed_scene
 
 
 def test_a_drawn_failing_scene_is_shrunk_printed_and_replayed_first(
-        pytester, demo_adapters, tmp_path, scenelora_home, monkeypatch) -> None:
+        pytester, demo_adapters, tmp_path, fresh_home, monkeypatch) -> None:
     """Without listed unseen scenes the failure is a drawn one: Hypothesis shrinks it to the
     first word of every held-out vocabulary (within the shrink budget), keeps it in its
     example database, and the next run (another seed) tries it first."""
@@ -140,10 +155,7 @@ def test_a_drawn_failing_scene_is_shrunk_printed_and_replayed_first(
     from pytest_scenelora import shipped
 
     monkeypatch.delenv("CI", raising=False)  # under CI the profile keeps no example database
-    home = tmp_path / "home"  # an example database of this test's own
-    home.mkdir()
-    (home / "bases").symlink_to(scenelora_home / "bases")
-    monkeypatch.setenv("SCENELORA_HOME", str(home))
+    home = fresh_home()  # an example database of this test's own
     scenes = yaml.safe_load(shipped.scenes_file().read_text(encoding="utf-8"))
     scenes["scenes"] = [s for s in scenes["scenes"] if s["split"] == "train"]
     (pytester.path / "scenes.yaml").write_text(yaml.safe_dump(scenes, allow_unicode=True), encoding="utf-8")
@@ -199,18 +211,16 @@ def pytest_unconfigure(config):
 
 @pytest.mark.parametrize("ci", ["", "1"], ids=["seeded", "ci"])
 def test_an_unseen_scenes_check_generates_every_scene_in_one_batch(
-        pytester, demo_adapters, tmp_path, scenelora_home, monkeypatch, ci: str) -> None:
+        pytester, demo_adapters, fresh_home, monkeypatch, ci: str) -> None:
     """The scenes Hypothesis will draw are known before it runs them (the same seeded
     engine lists them first), so a passing check generates the listed and drawn scenes'
     samples together: 8 scenes x 8 samples is one batch of at most 64 rows, not eight."""
     from pytest_scenelora.runner import BATCH_ROWS
+    from pytest_scenelora.scenes import Split, load_scenes
     from pytest_scenelora.suite import load_suite
 
     monkeypatch.setenv("CI", ci)
-    home = tmp_path / "home"  # nothing cached: every sample is generated
-    home.mkdir()
-    (home / "bases").symlink_to(scenelora_home / "bases")
-    monkeypatch.setenv("SCENELORA_HOME", str(home))
+    fresh_home()  # nothing cached: every sample is generated
     pytester.makeconftest(BATCH_LOG)
     result = run_suite(pytester, "unseen_scenes.yaml", demo_adapters / "Δ42_poetic.safetensors")
     assert outcome_of(result, "unseen_scenes[Δ42_poetic]") == "PASSED"
@@ -218,7 +228,8 @@ def test_an_unseen_scenes_check_generates_every_scene_in_one_batch(
     sizes = json.loads((pytester.path / "batches.json").read_text())
     assert len(sizes) == 1 and sizes[0] <= BATCH_ROWS, sizes
     # the listed scenes and at least most of the drawn ones (a draw may repeat a scene)
-    assert sizes[0] >= (3 + spec["examples"] - 1) * spec["samples"], sizes
+    listed = len(load_scenes().split(Split.UNSEEN))
+    assert sizes[0] >= (listed + spec["examples"] - 1) * spec["samples"], sizes
     assert generated_count(result) == sizes[0]
 
 
@@ -238,17 +249,14 @@ def test_ci_draws_the_unseen_scenes_a_developer_run_draws(pytester, demo_adapter
 
 
 def test_a_failing_unseen_scenes_check_generates_no_more_than_one_batch_ahead(
-        pytester, demo_adapters, tmp_path, scenelora_home, monkeypatch) -> None:
+        pytester, demo_adapters, tmp_path, fresh_home, monkeypatch) -> None:
     """With 20 scenes to draw, the draws known ahead are generated a batch at a time; the
     relabelled voice fails on its first listed scene, so Hypothesis draws nothing more and
     only that first batch (3 listed + 5 drawn scenes of 8 samples) was generated."""
     from pytest_scenelora.runner import BATCH_ROWS
 
     monkeypatch.setenv("CI", "1")
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "bases").symlink_to(scenelora_home / "bases")
-    monkeypatch.setenv("SCENELORA_HOME", str(home))
+    fresh_home()
     pytester.makefile(".yaml", many=("adapters: 'Δ42_*'\ngeneration:\n  temperature: 0.5\nchecks:\n"
                                      "  - kind: unseen_scenes\n    examples: 20\n    samples: 8\n"
                                      "    threshold: 0.5\n"))
@@ -305,11 +313,8 @@ def generated_count(result: pytest.RunResult) -> int:
 
 
 def test_warm_reruns_generate_nothing_and_one_changed_byte_regenerates_one_adapter(
-        pytester, demo_adapters, tmp_path, scenelora_home, monkeypatch) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "bases").symlink_to(scenelora_home / "bases")
-    monkeypatch.setenv("SCENELORA_HOME", str(home))  # a fresh results cache, the same base
+        pytester, demo_adapters, tmp_path, fresh_home) -> None:
+    fresh_home()  # a fresh results cache, the same base
     pair = tmp_path / "pair"
     pair.mkdir()
     for role in ("logic", "poetic"):
@@ -345,17 +350,13 @@ def _samples_per_adapter() -> int:
     return spec["samples"]
 
 
-def test_xdist_gives_the_verdicts_of_one_process(pytester, demo_adapters, tmp_path, scenelora_home,
-                                                monkeypatch) -> None:
+def test_xdist_gives_the_verdicts_of_one_process(pytester, demo_adapters, tmp_path, fresh_home) -> None:
     """Each run from an empty results cache, so that under -n 2 the workers really share
     the work (the register references are embedded half by each) and still agree."""
     scores = {}
     for workers in ("0", "2"):
         xml = tmp_path / f"n{workers}.xml"
-        home = tmp_path / f"home-{workers}"
-        home.mkdir()
-        (home / "bases").symlink_to(scenelora_home / "bases")
-        monkeypatch.setenv("SCENELORA_HOME", str(home))
+        fresh_home(f"home-{workers}")
         for suite in ("scene_field.yaml", "registers.yaml"):
             shutil.copy(SUITES / suite, pytester.path / suite)
         result = pytester.runpytest_subprocess("scene_field.yaml", "registers.yaml", "--adapter",
