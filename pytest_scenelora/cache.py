@@ -22,11 +22,12 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .fsutil import cache_home, canonical_json, sha256_bytes
+from .errors import CorruptCacheWarning
+from .fsutil import cache_home, canonical_json, file_lock, set_aside, sha256_bytes, warn_user
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL);
@@ -36,6 +37,14 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 CREATE TABLE IF NOT EXISTS arrays (key TEXT PRIMARY KEY, meta TEXT NOT NULL, data BLOB NOT NULL);
 """
+
+#: The columns this code reads and writes, per table (a database may lack a table: it
+#: is then created, as for a database from an older release).
+COLUMNS = {
+    "generations": ("key", "text"),
+    "vectors": ("scorer", "text_key", "dim", "data"),
+    "arrays": ("key", "meta", "data"),
+}
 
 
 def generation_key(*, base: str, adapter: str, prompt: str, config: str, seed: int, index: int) -> str:
@@ -57,7 +66,14 @@ class ResultCache:
         self._local = threading.local()
         self.hits = 0
         self.misses = 0
-        _create(self.path)
+        #: set when the database turned out damaged mid-run: the rest of the run goes without
+        self.broken: str | None = None
+        with file_lock(self.path):
+            _create(self.path)
+            problem = diagnose(self.path)
+            if problem is not None:
+                set_aside(self.path, problem, companions=("-wal", "-shm"))
+                _create(self.path)
         db = self._connect()
         _retry_busy(lambda: db.executescript(SCHEMA))  # a database from an older release
 
@@ -78,14 +94,19 @@ class ResultCache:
     # ------------------------------------------------------------------ generations
     def get_generations(self, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
+        if self.broken is None:
+            with self._noting_damage():
+                self._read_generations(keys, found)
+        self.hits += sum(k in found for k in keys)
+        self.misses += sum(k not in found for k in keys)
+        return found
+
+    def _read_generations(self, keys: Sequence[str], found: dict[str, str]) -> None:
         db = self._connect()
         for chunk in _chunks(list(dict.fromkeys(keys)), 500):
             marks = ",".join("?" * len(chunk))
             found.update(db.execute(
                 f"SELECT key, text FROM generations WHERE key IN ({marks})", chunk).fetchall())
-        self.hits += sum(k in found for k in keys)
-        self.misses += sum(k not in found for k in keys)
-        return found
 
     def put_generations(self, rows: Mapping[str, str]) -> None:
         self._write("INSERT OR IGNORE INTO generations (key, text) VALUES (?, ?)", rows.items())
@@ -96,14 +117,17 @@ class ResultCache:
 
         by_key = {text_key(t): t for t in texts}
         found: dict[str, Any] = {}
-        db = self._connect()
-        for chunk in _chunks(list(by_key), 500):
-            marks = ",".join("?" * len(chunk))
-            for key, dim, data in db.execute(
-                f"SELECT text_key, dim, data FROM vectors WHERE scorer = ? AND text_key IN ({marks})",
-                [scorer_key, *chunk],
-            ):
-                found[by_key[key]] = np.frombuffer(data, dtype=np.float32, count=dim).copy()
+        if self.broken is not None:
+            return found
+        with self._noting_damage():
+            db = self._connect()
+            for chunk in _chunks(list(by_key), 500):
+                marks = ",".join("?" * len(chunk))
+                for key, dim, data in db.execute(
+                    f"SELECT text_key, dim, data FROM vectors WHERE scorer = ? AND text_key IN ({marks})",
+                    [scorer_key, *chunk],
+                ):
+                    found[by_key[key]] = np.frombuffer(data, dtype=np.float32, count=dim).copy()
         return found
 
     def put_many(self, scorer_key: str, vectors: Mapping[str, Any]) -> None:
@@ -123,7 +147,11 @@ class ResultCache:
 
         import numpy as np
 
-        row = self._connect().execute("SELECT meta, data FROM arrays WHERE key = ?", (key,)).fetchone()
+        if self.broken is not None:
+            return None
+        row = None
+        with self._noting_damage():
+            row = self._connect().execute("SELECT meta, data FROM arrays WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         meta = json.loads(row[0])
@@ -139,16 +167,36 @@ class ResultCache:
 
     def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
-        if not rows:
+        if not rows or self.broken is not None:
             return
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
+        with self._noting_damage():
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, rows)
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _noting_damage(self) -> Iterator[None]:
+        """Run a read or write; if it finds the database damaged, go on without the cache.
+
+        SQLite reports damage (a page that does not parse) as a plain ``DatabaseError``;
+        its ``OperationalError`` subclass (locked, busy, disk full) is not damage and
+        goes up as it is. Reads then miss and writes are dropped: the run computes
+        what it needs, and the next open sets the file aside.
+        """
         try:
-            db.executemany(sql, rows)
-        except BaseException:
-            db.execute("ROLLBACK")
+            yield
+        except sqlite3.OperationalError:
             raise
-        db.execute("COMMIT")
+        except sqlite3.DatabaseError as error:
+            self.broken = str(error)
+            warn_user(f"{self.path}: the result cache is damaged ({error}); this run goes on "
+                      "without it, and the next run sets it aside", CorruptCacheWarning)
 
 
 BUSY_TIMEOUT_S = 60.0
@@ -178,6 +226,51 @@ def _create(path: Path) -> None:
         for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
+
+
+def diagnose(path: Path) -> str | None:
+    """What makes the database at *path* unusable, in a few words, or None when it is fine.
+
+    Not a database, damaged pages (``quick_check`` reads every page, so a truncated file
+    is found too) and our tables with other columns are reported; a missing table is
+    not (the schema creates it). Locked or busy is waited out; other operational errors
+    (permissions, a full disk) are not the file's fault and are raised.
+    """
+    if not path.exists():
+        return None
+    found: list[str] = []
+
+    def check() -> None:
+        found.clear()
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            result = db.execute("PRAGMA quick_check").fetchall()
+            if [tuple(r) for r in result] != [("ok",)]:
+                found.append(f"the database is damaged ({result[0][0]})")
+                return
+            for table, columns in COLUMNS.items():
+                info = db.execute(f"PRAGMA table_info({table})").fetchall()
+                if not info:
+                    continue
+                have = {row[1]: row for row in info}
+                missing = [c for c in columns if c not in have]
+                # a column we do not write must accept our INSERTs: nullable, or with a default
+                stuck = [name for name, row in have.items()
+                         if name not in columns and row[3] and row[4] is None]
+                if missing or stuck:
+                    found.append(f"its table {table!r} has columns ({', '.join(have)}), "
+                                 f"not ({', '.join(columns)}): it was not written by scenelora")
+                    return
+        finally:
+            db.close()
+
+    try:
+        _retry_busy(check)
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as error:
+        return f"not a usable SQLite database ({error})"
+    return found[0] if found else None
 
 
 def _set_up(db: sqlite3.Connection) -> None:

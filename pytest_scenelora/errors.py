@@ -49,3 +49,14 @@ class CheckInputError(SceneloraError, ValueError):
 
 class UsageError(SceneloraError, ValueError):
     """An option or argument value is invalid."""
+
+
+class LockTimeoutError(SceneloraError, TimeoutError):
+    """A lock stayed held by another process longer than ``SCENELORA_LOCK_TIMEOUT``."""
+
+
+class CorruptCacheWarning(UserWarning):
+    """A cache file was unreadable: it was moved aside and the run carried on without it.
+
+    A warning, not an error: a cache only saves time, so losing one must never fail a run.
+    """
