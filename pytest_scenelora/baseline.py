@@ -29,7 +29,7 @@ from .fsutil import file_lock
 from .results import load_document, merge_documents, write_document
 
 __all__ = ["Change", "Comparison", "compare_documents", "compare_record", "paired_bootstrap",
-           "update_baseline"]
+           "record_tolerance", "update_baseline"]
 
 DEFAULT_RESAMPLES = 4000
 
@@ -164,6 +164,24 @@ def _samples(verdict: Mapping[str, Any]) -> np.ndarray:
                     dtype=np.float64)
 
 
+def record_tolerance(*records: Mapping[str, Any] | None) -> float:
+    """The strictest tolerance the records carry, 0 when none carries one.
+
+    The stricter side decides because the candidate's record is written by whatever suite
+    the candidate ran: taking its tolerance (``tolerance: 100`` in a pull request's suite)
+    would let the change under test loosen its own gate. A tolerance that is not a finite
+    number ≥ 0 (NaN compares false with every drop: nothing would ever regress) is ignored.
+    """
+    given = []
+    for record in records:
+        value = None if record is None else record.get("tolerance")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value) and value >= 0:
+            given.append(float(value))
+    return min(given, default=0.0)
+
+
 def compare_record(
     baseline: Mapping[str, Any] | None,
     candidate: Mapping[str, Any] | None,
@@ -175,15 +193,15 @@ def compare_record(
 ) -> Comparison:
     """Compare one record of a results document with its baseline record.
 
-    *tolerance* defaults to the candidate's own (the suite as it is now decides), then
-    the baseline's, then 0.
+    *tolerance* defaults to the smaller of the two records' own (:func:`record_tolerance`):
+    a candidate cannot widen the tolerance it is judged with by editing its suite, and a
+    suite that tightens it takes effect at once.
     """
     some = candidate or baseline
     assert some is not None, "compare_record needs at least one side"
     verdict = some["verdict"]
     if tolerance is None:
-        tolerance = next((float(r["tolerance"]) for r in (candidate, baseline)
-                          if r is not None and r.get("tolerance") is not None), 0.0)
+        tolerance = record_tolerance(baseline, candidate)
     common = {"id": some["id"], "name": some.get("name") or verdict["check"],
               "adapter": some.get("adapter") or verdict["subject"], "tolerance": tolerance,
               "higher_is_better": bool(verdict["higher_is_better"]),

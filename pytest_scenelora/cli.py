@@ -212,8 +212,9 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Subcommands that live beside the modules they drive."""
     from .cli_report import add_report_commands
     from .cli_train import add_train_command
+    from .gate import add_gate_command
 
-    return [add_train_command, add_demo_command, add_report_commands]
+    return [add_train_command, add_demo_command, add_report_commands, add_gate_command]
 
 
 # -------------------------------------------------------------------------------- demo

@@ -9,17 +9,70 @@ named by ``$GITHUB_STEP_SUMMARY``. Pure functions of the records (see :mod:`.res
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .report import STATUS_STYLE, fmt_score, record_matrix, record_summary, worst_label
 
-__all__ = ["annotations", "escape_data", "escape_property", "in_github_actions", "step_summary"]
+__all__ = ["annotations", "escape_data", "escape_log", "escape_markdown", "escape_property",
+           "in_github_actions", "step_summary"]
+
+#: What a log viewer or terminal acts on instead of showing: C0/C1 controls (a newline
+#: starts a fresh line, where GitHub reads ``::error::`` as a workflow command; ESC starts
+#: colour and hyperlink sequences), line and paragraph separators, the invisible format
+#: characters (bidirectional overrides, zero-width marks) and lone surrogates (a file name
+#: that is not UTF-8; printing one raises ``UnicodeEncodeError``).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                     r"\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+
+#: Workflow commands: ``::name ...::`` and the older ``##[name]`` form, which the runner
+#: reads at the start of a line (after spaces).
+_COMMAND = re.compile(r"(?<=:):|(?<=#)#(?=\[)")
+
+#: The Markdown characters that could make a name render as something else: a table
+#: column (``|``), HTML (``<``), a link or an image (``[``, ``]``), code, emphasis,
+#: strikethrough, a mention, an entity; ``_`` only at a word's edge (inside a word it is
+#: never emphasis, and ``Δ42_poetic`` stays readable in the Markdown source).
+_MARKDOWN = re.compile(r"[\\`*\[\]<>|&~@]|(?<!\w)_|_(?!\w)")
 
 
 def in_github_actions(environ: Mapping[str, str] | None = None) -> bool:
     return (environ if environ is not None else os.environ).get("GITHUB_ACTIONS") == "true"
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if char in named:
+        return named[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_log(text: object) -> str:
+    """Untrusted text (a file or adapter name, metadata) made safe for one line of a log.
+
+    Anyone can propose a file name in a pull request, and a name is printed in the pytest
+    header, in node ids and in the gate's lines: one holding a newline and ``::error::``
+    would otherwise start a line that GitHub runs as a workflow command. Every character in
+    :data:`_UNSAFE` is written as its escape (``\\n``, ``\\x1b``, ``\\u202e``) and the
+    second colon of ``::`` (and the second ``#`` of ``##[``) as ``\\x3a`` (``\\x23``), so
+    the text stays on its line and cannot form a command anywhere in it. Letters of any
+    script (``Δ42_poetic``, Cyrillic) are kept as they are.
+    """
+    escaped = _UNSAFE.sub(_escape_char, str(text))
+    return _COMMAND.sub(lambda m: "\\x3a" if m.group() == ":" else "\\x23", escaped)
+
+
+def escape_markdown(text: object) -> str:
+    """Untrusted text for the step summary's Markdown: the characters of :data:`_UNSAFE`
+    written as escapes (as in :func:`escape_log`; a summary is rendered, never read for
+    workflow commands, so ``::`` stays), then each character of :data:`_MARKDOWN`
+    backslash-escaped (CommonMark allows it for every ASCII punctuation character), so
+    ``|`` cannot split a table cell, ``<img>`` cannot open HTML and ``![](url)`` stays text."""
+    return _MARKDOWN.sub(lambda m: "\\" + m.group(), _UNSAFE.sub(_escape_char, str(text)))
 
 
 def escape_data(text: str) -> str:
@@ -72,8 +125,7 @@ def annotations(records: Sequence[Mapping[str, Any]], *, root: Path | None = Non
     return lines
 
 
-def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+_md = escape_markdown
 
 
 def step_summary(records: Sequence[Mapping[str, Any]], *, baseline: Mapping[str, Any] | None = None,
@@ -119,7 +171,8 @@ def step_summary(records: Sequence[Mapping[str, Any]], *, baseline: Mapping[str,
         out += ["### Failed checks", ""]
         for r in failures:
             word = STATUS_STYLE.get(r["verdict"].get("status", ""), ("?",))[0]
-            out.append(f"- `{_md(r['id'])}` ({r.get('suite')}:{r.get('line')}): {word} — "
+            where = f"{_md(r.get('suite'))}:{_md(r.get('line'))}"
+            out.append(f"- <code>{_md(r['id'])}</code> ({where}): {word} — "
                        f"{_md(_verdict_message(r['verdict']).splitlines()[0])}")
         out.append("")
     if environment:

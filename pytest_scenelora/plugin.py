@@ -122,8 +122,12 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The run's facts; adapter names are file names anyone can propose, so each line is
+    escaped (a newline and ``::error::`` in a name must not start a line of its own)."""
+    from .github import escape_log
+
     session = config.stash.get(SESSION_KEY, None)
-    return session.header_lines() if session else []
+    return [escape_log(line) for line in session.header_lines()] if session else []
 
 
 class VerdictCollector:
