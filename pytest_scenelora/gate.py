@@ -446,6 +446,11 @@ def run_gate(options: GateOptions, *, out: TextIO | None = None,
             code = run_pytest(worktree, options.suites, candidates, [*gate, *reports, *options.pytest_args],
                               out=out, fence=github)
             tested = _tested_names(results) or set()
+            if github:
+                document = _load(results)
+                records = document.get("results", []) if document else []
+                for line in annotations(records, root=worktree, workspace=str(worktree)):  # suites/…
+                    print(line, file=out, flush=True)
             if code not in (0, 5):  # 5: nothing collected, said below adapter by adapter
                 failures.append(f"the suites of {options.base} failed on the pull request's adapters "
                                 f"(pytest exit code {code}; see its output above)")
@@ -455,10 +460,6 @@ def run_gate(options: GateOptions, *, out: TextIO | None = None,
                 failures.append(f"{change.path}: changed, but no suite of {options.base} tested it "
                                 f"(no suite's adapters: glob matches {change.name!r}, or it did not load)")
                 log.fail(failures[-1])
-        if github:
-            document = _load(results)
-            for line in annotations(document.get("results", []) if document else []):
-                print(line, file=out, flush=True)
         return _finish(log, environ, failures, sorted(tested), plan, results, options.base)
     finally:
         with contextlib.suppress(UsageError):

@@ -147,14 +147,21 @@ def gate(repo, tiny_base_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("weakening", sorted(WEAKENED))
-def test_a_pull_request_that_weakens_the_suite_still_fails(repo, voices, gate, weakening) -> None:
+def test_a_pull_request_that_weakens_the_suite_still_fails(repo, voices, gate, weakening, tmp_path) -> None:
     head = commit(repo, f"weaken-{weakening}", "main",
                   {"suites/voice.yaml": WEAKENED[weakening], POETIC: voices["silenced"]})
-    code, out, result = gate(head)
+    summary = tmp_path / "summary.md"
+    code, out, result = gate(head, environ={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)})
     assert code == 1, out
     assert result.tested == ["Δ42_poetic"]
     assert any("the suites of main failed on the pull request's adapters" in f for f in result.failures), out
     assert "Δ42_poetic adapter_active: " in out and "baseline of " in out  # the regression line
+    # after the fenced pytest output: the annotation on the target's suite line, the gate's error
+    commands = [line for line in out.splitlines() if line.startswith("::")]
+    assert commands[2].startswith("::error file=suites/voice.yaml,line=6,title=scenelora "
+                                  "adapter_active[Δ42_poetic] "), commands
+    assert commands[3].startswith("::error title=scenelora gate::the suites of main failed"), commands
+    assert summary.read_text(encoding="utf-8").startswith("## ❌ the adapter gate failed\n")
 
 
 def test_a_suite_cannot_widen_its_own_tolerance_against_a_baseline(repo, voices, tiny_base_dir) -> None:
@@ -296,9 +303,13 @@ def test_markdown_escaping_leaves_no_html_links_or_cells() -> None:
     assert "- <code>s.yaml::r\\[x\\]</code> (s.yaml:3): FAIL" in text
 
 
-def test_the_gate_command_is_registered(repo, capsys) -> None:
+def test_the_gate_command_is_registered(repo, capsys, tmp_path) -> None:
     from pytest_scenelora.cli import main
 
+    head = commit(repo, "readme", "main", {"README.md": "more docs\n"})
+    assert main(["gate", "--repo", str(repo), "--base", "main", "--head", head, "--out", str(tmp_path),
+                 "--", "--device", "cpu"]) == 0
+    assert "scenelora gate: no adapter changed under adapters/: nothing to gate" in capsys.readouterr().out
     assert main(["gate", "--repo", str(repo), "--base", "no-such-branch", "--head", "main"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scenelora: error: 'no-such-branch' names no commit in ") and err.count("\n") == 1
