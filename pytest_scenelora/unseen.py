@@ -74,6 +74,15 @@ def _first(group: BaseExceptionGroup) -> SceneFailed:
     return _first(leaf) if isinstance(leaf, BaseExceptionGroup) else leaf
 
 
+def distinct_trials(trials: Sequence[_Trial]) -> list[_Trial]:
+    """Each scene's first trial, in the order they were tried: what the verdict pools.
+    Shrinking re-runs scenes (with the same cached samples), which must count once."""
+    first: dict[str, _Trial] = {}
+    for t in trials:
+        first.setdefault(t.scene.core, t)
+    return list(first.values())
+
+
 def describe_scene(scene: Scene) -> str:
     fields = ", ".join(f"{k}={v!r}" for k, v in scene.fields.items())
     return f"{scene.core!r} ({fields})" if fields else repr(scene.core)
@@ -204,19 +213,15 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
             raise
         failure = _first(failed)
 
-    seen: set[str] = set()
-    for t in log.trials:  # pool every distinct scene tried (shrinking revisits some)
-        if t.scene.core in seen:
-            continue
-        seen.add(t.scene.core)
+    distinct = distinct_trials(log.trials)
+    for t in distinct:
         samples.extend(t.verdict.samples)
         texts.extend(t.texts)
         contexts.extend([{"scene": t.scene.core}] * len(t.verdict.samples))
     detail = {
         "register": register,
-        "scenes_tried": len(seen),
-        "per_scene": [{"scene": t.scene.core, "rate": round(t.rate, 3)} for t in log.trials
-                      if t.scene.core in seen][: len(seen)],
+        "scenes_tried": len(distinct),
+        "per_scene": [{"scene": t.scene.core, "rate": round(t.rate, 3)} for t in distinct],
     }
     worst = None
     if failure is not None:

@@ -98,11 +98,16 @@ def test_a_sabotaged_adapter_regresses_and_a_retrained_one_does_not(baseline, pr
     assert result.returncode == 1, out
     assert re.search(r"suite\.yaml:5: Δ42_poetic adapter_active: \d+\.\d+ → \d+\.\d+ \(−\d+\.\d+, 95% CI "
                      r"−\d+\.\d+\.\.−\d+\.\d+\), baseline of \d{4}-\d\d-\d\d", out), out
-    assert re.search(r"1 failed, 3 passed", out), out
-    assert "FAILED suite.yaml::adapter_active[Δ42_poetic]" in out
+    # the sabotaged adapter regresses on the check built to catch it; the retrained one
+    # regresses on nothing. (Scaled by 0.01 the poetic voice is nearly the base, so its
+    # scene margin may drop too: whether significantly depends on this machine's voices.)
+    failed = set(re.findall(r"FAILED suite\.yaml::(\w+\[Δ42_\w+\])", out))
+    assert "adapter_active[Δ42_poetic]" in failed, out
+    assert failed <= {"adapter_active[Δ42_poetic]", "scene_holds[Δ42_poetic]"}, out
+    assert re.search(rf"{len(failed)} failed, {4 - len(failed)} passed", out), out
     # -q keeps the coherence report to its summary line
     assert "scenelora: 4 checks on 2 adapters: 4 passed, 0 failed, 0 inconclusive; against the baseline of " \
-           in out and ": 1 regressed, 0 improved" in out
+           in out and f": {len(failed)} regressed, 0 improved" in out
     assert "scenelora coherence" not in out
 
     from pytest_scenelora.cli import main

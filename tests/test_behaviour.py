@@ -352,8 +352,13 @@ def _samples_per_adapter() -> int:
 
 def test_xdist_gives_the_verdicts_of_one_process(pytester, demo_adapters, tmp_path, fresh_home) -> None:
     """Each run from an empty results cache, so that under -n 2 the workers really share
-    the work (the register references are embedded half by each) and still agree."""
-    scores = {}
+    the work (the register references are embedded half by each) and still agree.
+
+    Agree as far as floats allow: under -n 2 other rows share a sample's batch and the
+    encoder runs on one thread instead of two, so a sample may part at a near-tie (see
+    ``near_ties.py``), which moves a success rate by one sample (1/48 here). Every verdict
+    is the same, and nearly every score is to 1e-5."""
+    scores, statuses = {}, {}
     for workers in ("0", "2"):
         xml = tmp_path / f"n{workers}.xml"
         fresh_home(f"home-{workers}")
@@ -363,12 +368,18 @@ def test_xdist_gives_the_verdicts_of_one_process(pytester, demo_adapters, tmp_pa
                                                str(demo_adapters), "-n", workers, f"--junitxml={xml}",
                                                "-p", "no:cacheprovider")
         assert result.ret in (0, 1), result.stdout.str()
-        scores[workers] = {
-            case.get("name"): json.loads(prop.get("value"))["score"]
+        verdicts = {
+            case.get("name"): json.loads(prop.get("value"))
             for case in ET.parse(xml).getroot().iter("testcase")
             for prop in case.iter("property") if prop.get("name") == "scenelora_verdict"
         }
-    assert scores["0"] and scores["0"] == scores["2"]
+        scores[workers] = {name: v["score"] for name, v in verdicts.items()}
+        statuses[workers] = {name: v["status"] for name, v in verdicts.items()}
+    assert scores["0"] and statuses["0"] == statuses["2"]
+    assert scores["0"].keys() == scores["2"].keys()
+    apart = {name: (a, scores["2"][name]) for name, a in scores["0"].items() if abs(a - scores["2"][name]) > 1e-5}
+    assert all(abs(a - b) <= 0.05 for a, b in apart.values()), apart
+    assert len(apart) <= max(1, len(scores["0"]) // 5), apart
 
 
 def test_the_demo_runs_inside_a_project_with_strict_pytest_settings(demo_adapters, tmp_path) -> None:

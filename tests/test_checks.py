@@ -622,3 +622,22 @@ def test_style_survives_topic_shift_on_the_shipped_texts(shipped: dict) -> None:
                                        shipped["cores"]["Δ42"], space, "poetic", threshold=0.6, seed=0,
                                        subject="Δ42_poetic (reciting)")
     assert stuck.status is Status.FAIL and stuck.detail["followed_topic"] == 0.0
+
+
+def test_unseen_scenes_pools_each_distinct_scene_once_in_the_order_tried() -> None:
+    """Shrinking re-runs scenes; the verdict pools each scene once, and a scene first tried
+    late is listed, not cut off by the repeats before it."""
+    from pytest_scenelora import shipped
+    from pytest_scenelora.scenes import load_scenes
+    from pytest_scenelora.strategies import novel_vocabularies, scene_from_fields
+    from pytest_scenelora.unseen import _Trial, distinct_trials
+    from pytest_scenelora.verdict import decide
+
+    scene_set = load_scenes(shipped.scenes_file())
+    vocab = novel_vocabularies(scene_set)
+    a, b, c = (scene_from_fields(scene_set, {name: words[i % len(words)] for name, words in vocab.items()})
+               for i in range(3))
+    verdict = decide("unseen_scenes", "Δ42_poetic", [1.0, 0.0], 0.5, seed=0, rate=True)
+    trials = [_Trial(scene, 0.5, verdict, ["x", "y"]) for scene in (a, b, a, a, c)]
+    assert [t.scene.core for t in distinct_trials(trials)] == [a.core, b.core, c.core]
+    assert distinct_trials(trials)[0] is trials[0]
