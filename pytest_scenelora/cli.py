@@ -16,6 +16,7 @@ from typing import Any
 
 from . import adapters as fmt
 from .errors import AdapterFormatError, SceneloraError
+from .report import plain, printable
 from .settings import parse_device, parse_quantization
 
 Handler = Callable[[argparse.Namespace], int]
@@ -28,19 +29,25 @@ def _console():
 
 
 def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table on a terminal; tab-separated lines (with a header) for pipes and files."""
+    """A rich table on a terminal; tab-separated lines (with a header) for pipes and files.
+
+    Cells hold names and metadata read from files, so they are shown as plain text (never
+    rich markup) with control characters escaped, on a terminal and in a pipe alike.
+    """
     console = _console()
     if console.is_terminal:
         from rich.table import Table
 
-        table = Table(*columns, title=title)
+        table = Table(title=plain(title))
+        for column in columns:
+            table.add_column(plain(column))
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(plain, row))
         console.print(table)
     else:
-        print("\t".join(columns))
+        print("\t".join(map(printable, columns)))
         for row in rows:
-            print("\t".join(row))
+            print("\t".join(map(printable, row)))
 
 
 def _human_bytes(n: int) -> str:
@@ -124,19 +131,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     console = _console()
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        console.print(f"{key:<{width}}  {value}", markup=False)
+        console.print(plain(f"{key:<{width}}  {value}"))
     verdict = "ok" if findings.ok else "UNUSABLE"
-    console.print(f"{'validation':<{width}}  {verdict}, {against}", markup=False)
+    console.print(plain(f"{'validation':<{width}}  {verdict}, {against}"))
     for error in findings.errors:
-        console.print(f"  error: {error}", markup=False)
+        console.print(plain(f"  error: {error}"))
     for warning in findings.warnings:
-        console.print(f"  warning: {warning}", markup=False)
+        console.print(plain(f"  warning: {warning}"))
     return 0 if findings.ok else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     written = fmt.convert(args.src, args.dst)
-    print(f"wrote {written}")
+    print(f"wrote {printable(written)}")
     return 0
 
 
@@ -247,14 +254,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console = _console()
     start = time.perf_counter()
     console.print("[bold]1/3[/] the tiny base", highlight=False)
-    base_dir = ensure_tiny_base(progress=lambda line: console.print(f"  {line}", markup=False))
-    console.print(f"  {base_dir} ({time.perf_counter() - start:.0f} s)", markup=False)
+    base_dir = ensure_tiny_base(progress=lambda line: console.print(plain(f"  {line}")))
+    console.print(plain(f"  {base_dir} ({time.perf_counter() - start:.0f} s)"))
     console.print("[bold]2/3[/] the Δ42 voices: logic, poetic, body, silence")
     for result in train_demo_library(args.out, progress=progress_for("auto")):
         how = "reused from the cache" if result.reused_cache else f"trained in {result.seconds:.0f} s"
-        console.print(f"  {result.path} ({how})", markup=False)
+        console.print(plain(f"  {result.path} ({how})"))
     suites = args.suites or shipped.suites_dir()
-    console.print(f"[bold]3/3[/] the suites in {suites}")
+    console.print("[bold]3/3[/] the suites in", plain(suites))
     extra = [a for a in args.pytest_args if a != "--"]
     # the suites alone, whatever project the demo is started in: no configuration file of
     # the current directory (its addopts, testpaths or "error" warning filters) applies,
@@ -278,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except SceneloraError as exc:
-        print(f"scenelora: error: {exc}", file=sys.stderr)
+        print(f"scenelora: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scenelora: interrupted; nothing half-written was left behind", file=sys.stderr)

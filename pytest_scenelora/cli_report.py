@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .settings import parse_seed
+
 
 def _color(choice: str) -> bool:
     if choice != "auto":
@@ -30,7 +32,7 @@ def _width() -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_coherence
+    from .report import printable, render_coherence
     from .results import load_document
 
     document = load_document(args.results)
@@ -43,13 +45,13 @@ def cmd_report(args: argparse.Namespace) -> int:
                             baseline=document.get("baseline"))
     sys.stdout.write(text or "no checks in this results file\n")
     if args.html:
-        print(f"wrote {args.html}")
+        print(f"wrote {printable(args.html)}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .baseline import Change, compare_documents
-    from .report import render_comparison
+    from .report import printable, render_comparison
     from .results import load_document
 
     baseline = load_document(args.baseline, what="baseline")
@@ -58,7 +60,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     sys.stdout.write(render_comparison(comparisons, color=_color(args.color), width=_width()))
     regressed = [c for c in comparisons if c.change is Change.REGRESSED]
     for c in regressed:
-        print(f"regressed: {c.line()}")
+        print(f"regressed: {printable(c.line())}")
     return 1 if regressed else 0
 
 
@@ -77,7 +79,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
                                          "tolerance); exit 1 when any check regressed, else 0.")
     compare.add_argument("baseline", type=Path, metavar="BASELINE.json")
     compare.add_argument("candidate", type=Path, metavar="CANDIDATE.json")
-    compare.add_argument("--seed", type=int, default=None, metavar="N",
+    compare.add_argument("--seed", type=parse_seed, default=None, metavar="N",
                          help="bootstrap seed (default: the candidate run's seed)")
     compare.add_argument("--color", choices=("auto", "yes", "no"), default="auto")
     compare.set_defaults(handler=cmd_compare)

@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from .models import TINY
+from .report import printable
 from .settings import number_parser, parse_device, parse_quantization, parse_seed
 
 _positive_int = number_parser(int, lambda n: n >= 1, "must be 1 or more")
+# upper bounds where a huge value fails deep in torch (an overflow, an allocation) instead
+# of saying what is wrong: ranks beyond 4096 exceed any base's width, and torch refuses
+# thread counts that do not fit its int
+_rank = number_parser(int, lambda n: 1 <= n <= 4096, "must be 1 to 4096")
+_threads = number_parser(int, lambda n: 1 <= n <= 1024, "must be 1 to 1024")
 _positive_float = number_parser(float, lambda n: n > 0, "must be positive")
 _fraction = number_parser(float, lambda n: 0 <= n < 1, "must be in [0, 1)")
 
@@ -77,7 +83,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
                       help="explicit module names, comma-separated (instead of --preset)")
     lora.add_argument("--modules-to-save", type=_names, metavar="NAMES",
                       help="modules trained in full and saved, comma-separated")
-    lora.add_argument("--r", type=_positive_int, default=16, metavar="N", help="rank (default 16)")
+    lora.add_argument("--r", type=_rank, default=16, metavar="N", help="rank (default 16)")
     lora.add_argument("--alpha", type=_positive_float, default=16, metavar="N", help="alpha (default 16)")
     lora.add_argument("--dropout", type=_fraction, default=0.05, metavar="P", help="LoRA dropout")
     lora.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA (PEFT use_rslora)")
@@ -96,7 +102,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
                           "on any other)")
     run.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N")
     run.add_argument("--seed", type=parse_seed, default=0, metavar="N")
-    run.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS, metavar="N",
+    run.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, metavar="N",
                      help=f"CPU threads while training (default {DEFAULT_THREADS}; part of the cache "
                           "key, since it changes the float sums)")
     run.add_argument("--no-cache", action="store_true", help="train even if a cached adapter exists")
@@ -171,7 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _sigterm_as_interrupt():
         for spec in specs:
             result = train(spec, args.out, cache=not args.no_cache, progress=progress)
-            print(result.summary(), flush=True)
+            print(printable(result.summary()), flush=True)
     return 0
 
 

@@ -254,11 +254,23 @@ def encoder_threads() -> int:
 
 
 def _threads_asked() -> int | None:
-    """The thread count ``SCENELORA_CPU_THREADS`` asks for (None: not set)."""
+    """The thread count ``SCENELORA_CPU_THREADS`` asks for (None: not set or empty).
+
+    Anything but a whole number from 1 to 1024 is a :class:`UsageError` naming the
+    variable, rather than a ``ValueError`` from ``int()`` (or torch's overflow) deep in a
+    decode.
+    """
     import os
 
-    explicit = os.environ.get("SCENELORA_CPU_THREADS")
-    return max(1, int(explicit)) if explicit else None
+    from .errors import UsageError
+
+    explicit = os.environ.get("SCENELORA_CPU_THREADS", "").strip()
+    if not explicit:
+        return None
+    if not explicit.isascii() or not explicit.isdigit() or not 1 <= int(explicit) <= 1024:
+        raise UsageError(f"SCENELORA_CPU_THREADS={explicit[:40]!r} is not a thread count; set it to a "
+                         "whole number from 1 to 1024, or unset it to let scenelora choose")
+    return int(explicit)
 
 
 @contextlib.contextmanager
@@ -402,6 +414,36 @@ def _on_cpu(model: Any) -> bool:
     return next(model.parameters()).device.type == "cpu"
 
 
+def max_positions(model: Any) -> int | None:
+    """How many positions *model* (or the base under a PEFT wrapper) can attend over."""
+    config = getattr(model, "config", None)
+    if config is None and hasattr(model, "get_base_model"):
+        config = getattr(model.get_base_model(), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def encode_prompts(model: Any, tokenizer: Any, prompts: Sequence[str], *, new_tokens: int = 0) -> Any:
+    """Tokenize *prompts* as one left-padded batch, each cut from the left so that it and
+    *new_tokens* more fit the model's positions.
+
+    Scene cores and topic texts come from files anyone can propose: a prompt longer than
+    the context would otherwise run past the position table or ask attention for memory
+    quadratic in its length. The end of a prompt (the ``Scene:`` line's close, just before
+    the continuation) is what a decoder conditions on most, so the start is what goes.
+    """
+    limit = max_positions(model)
+    if limit is None:
+        return tokenizer(list(prompts), return_tensors="pt", padding=True)
+    keep = max(1, limit - new_tokens)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=keep)
+    finally:
+        tokenizer.truncation_side = side
+
+
 def _decode(
     model: Any,
     tokenizer: Any,
@@ -414,7 +456,7 @@ def _decode(
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    encoded = encode_prompts(model, tokenizer, prompts, new_tokens=config.max_new_tokens)
     input_ids = encoded["input_ids"].to(device)
     mask = encoded["attention_mask"].to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -85,7 +85,7 @@ def heatmap_svg(records: Sequence[Mapping[str, Any]]) -> str:
                            f'fill="#f0f0f0" rx="4"/>')
                 continue
             v = record["verdict"]
-            status = v.get("status", "")
+            status = str(v.get("status", ""))
             change = (record.get("baseline") or {}).get("change")
             stroke = ' stroke="#000" stroke-width="3"' if change == "regressed" else ""
             tip = f"{record.get('id', '')}: {status}, score {fmt_score(v.get('score'))}"
@@ -176,11 +176,11 @@ def register_map_svg(rmap: Mapping[str, Any], records: Sequence[Mapping[str, Any
                    f'<text x="{size + 22}" y="{y + 4}" font-size="12">{escape(_adapter(record))}</text>')
     for name, (x, y) in rmap["centroids"].items():
         cx, cy = sx(x), sy(y)
-        out.append(f'<g class="centroid"><title>centroid of register {escape(name)}</title>'
+        out.append(f'<g class="centroid"><title>centroid of register {escape(str(name))}</title>'
                    f'<path d="M{cx:.1f},{cy - 8:.1f} L{cx + 8:.1f},{cy:.1f} L{cx:.1f},{cy + 8:.1f} '
                    f'L{cx - 8:.1f},{cy:.1f} Z" fill="#fff" stroke="{REGISTER_INK}" stroke-width="2"/>'
                    f'<text x="{cx + 11:.1f}" y="{cy - 8:.1f}" font-size="13" font-weight="700">'
-                   f'{escape(name)}</text></g>')
+                   f'{escape(str(name))}</text></g>')
     y = pad + 18 * len(records) + 10
     out.append(f'<path d="M{size + 12},{y - 6} L{size + 18},{y} L{size + 12},{y + 6} L{size + 6},{y} Z" '
                f'fill="#fff" stroke="{REGISTER_INK}" stroke-width="2"/>'
@@ -208,7 +208,7 @@ def strip_svg(verdict: Mapping[str, Any]) -> str:
     def sx(x: float) -> float:
         return margin + (x - lo) / (hi - lo) * (width - 2 * margin)
 
-    status = verdict.get("status", "")
+    status = str(verdict.get("status", ""))
     out = [f'<svg class="plot strip" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="per-sample scores">',
            f'<line x1="{margin}" y1="28" x2="{width - margin}" y2="28" stroke="#ccc"/>']
@@ -253,7 +253,7 @@ def _explain(verdict: Mapping[str, Any]) -> str:
 
 def check_details(record: Mapping[str, Any]) -> str:
     v = record["verdict"]
-    status = v.get("status", "")
+    status = str(v.get("status", ""))
     comparison = record.get("baseline") or {}
     head = (f'<span class="{escape(status)}">{escape(status.upper())}</span> '
             f'{escape(_adapter(record))} · {escape(str(record.get("name") or v.get("check")))} · '
@@ -270,7 +270,8 @@ def check_details(record: Mapping[str, Any]) -> str:
            f'<code>{escape(str(record.get("id", "")))}</code></p>',
            f"<pre>{escape(_explain(v))}</pre>"]
     if comparison.get("line"):
-        out.append(f'<p class="{escape(comparison.get("change", ""))}">{escape(comparison["line"])}</p>')
+        out.append(f'<p class="{escape(str(comparison.get("change", "")))}">'
+                   f'{escape(str(comparison["line"]))}</p>')
     out.append(strip_svg(v))
     detail = dict(v.get("detail") or {})
     texts = detail.pop("sample_texts", None) or []
@@ -323,7 +324,8 @@ def comparison_table(records: Sequence[Mapping[str, Any]]) -> str:
         out.append(f"<tr><td>{escape(_adapter(r))}</td><td>{escape(str(r.get('name')))}</td>"
                    f"<td>{fmt_score(c.get('baseline_score'))}</td><td>{fmt_score(c.get('score'))}</td>"
                    f"<td>{escape(signed(c.get('delta')))}</td>"
-                   f"<td class=\"{escape(c.get('change', ''))}\">{escape(c.get('change', ''))}</td></tr>")
+                   f"<td class=\"{escape(str(c.get('change', '')))}\">"
+                   f"{escape(str(c.get('change', '')))}</td></tr>")
     out.append("</table>")
     return "".join(out)
 
@@ -377,7 +379,7 @@ def render_html(document: Mapping[str, Any], *, title: str = "scenelora coherenc
         parts.append("<h2>Adapters</h2><table><tr><th>adapter</th><th>scene</th><th>role</th>"
                      "<th>content sha256</th></tr>")
         for name, info in adapters.items():
-            parts.append(f"<tr><td>{escape(name)}</td><td>{escape(str(info.get('scene')))}</td>"
+            parts.append(f"<tr><td>{escape(str(name))}</td><td>{escape(str(info.get('scene')))}</td>"
                          f"<td>{escape(str(info.get('role')))}</td>"
                          f"<td><code>{escape(str(info.get('content_hash', ''))[:16])}</code></td></tr>")
         parts.append("</table>")

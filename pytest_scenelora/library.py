@@ -19,7 +19,15 @@ from typing import Any
 from . import adapters as fmt
 from .errors import LibraryError
 from .fsutil import canonical_json, sha256_bytes
-from .generation import BASE_ROW, DEFAULT_CONFIG, GenerationConfig, cpu_thread_limit, cpu_threads, generate
+from .generation import (
+    BASE_ROW,
+    DEFAULT_CONFIG,
+    GenerationConfig,
+    cpu_thread_limit,
+    cpu_threads,
+    encode_prompts,
+    generate,
+)
 from .models import LoadedBase
 
 #: Default for ``adapters=``: run whatever adapter is active (see :meth:`AdapterLibrary.switch`).
@@ -250,8 +258,8 @@ class AdapterLibrary:
         import torch
 
         tokenizer = self.base.tokenizer
-        encoded = tokenizer(list(prompts), return_tensors="pt", padding=True)
         runner = model if model is not None else self.model
+        encoded = encode_prompts(runner, tokenizer, prompts)
         device = next(runner.parameters()).device
         extra = {}
         if model is None:

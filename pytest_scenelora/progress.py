@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .report import printable
+
 __all__ = ["Progress", "TerminalProgress", "no_progress"]
 
 Progress = Callable[[str, int, int], None]
@@ -25,10 +27,11 @@ def no_progress(what: str, done: int, total: int) -> None:
 
 def progress_line(what: str, done: int, total: int, width: int, bar_width: int = 24) -> str:
     """``scenelora: ██████░░░░ 12/32 generating 32 samples (Δ42_poetic)``, cut to *width*
-    (the bar and the count first, so a narrow terminal cuts the description)."""
+    (the bar and the count first, so a narrow terminal cuts the description). The
+    description names adapters, so its control characters are shown escaped."""
     filled = round(bar_width * done / total) if total else bar_width
     bar = "█" * filled + "░" * (bar_width - filled)
-    line = f"scenelora: {bar} {done}/{total} {what}"
+    line = f"scenelora: {bar} {done}/{total} {printable(what)}"
     return line if len(line) < width else line[: max(width - 2, 10)] + "…"
 
 

@@ -7,8 +7,34 @@ these lines through pytest's terminal reporter.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+#: Characters a terminal or a CI log acts on instead of showing: C0 and C1 controls (ESC
+#: starts colour, cursor and hyperlink sequences) and the bidirectional overrides that
+#: make text read differently from what it holds.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """*text* with every control character written out as its escape (``\\x1b``, ``\\n``).
+
+    Names, metadata and sample texts come from files anyone can propose (adapter names,
+    suite check names, scene ids, model output): shown through this, they print as
+    themselves and cannot colour the terminal, move the cursor or open a hyperlink.
+    """
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def plain(text: object, style: str = "") -> Any:
+    """*text* as a rich ``Text``: shown literally, never parsed as rich markup (so
+    ``act[/y]ive`` is not a closing tag and ``[link=...]`` is not a hyperlink), and
+    :func:`printable`. Every untrusted string given to rich goes through this."""
+    from rich.text import Text
+
+    return Text(printable(text), style=style)
+
 
 STATUS_MARK = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCL"}
 
@@ -43,8 +69,9 @@ def coherence_lines(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
     if not verdicts:
         return []
     adapters, checks, cells = coherence_matrix(verdicts)
-    header = ["adapter", *checks]
-    rows = [[a, *(_cell(cells[(a, c)]) if (a, c) in cells else "-" for c in checks)] for a in adapters]
+    header = ["adapter", *map(printable, checks)]
+    rows = [[printable(a), *(_cell(cells[(a, c)]) if (a, c) in cells else "-" for c in checks)]
+            for a in adapters]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *rows]]
@@ -163,6 +190,7 @@ def worst_label(record: Mapping[str, Any], limit: int = 24) -> str:
         label = f"read as {context['nearest register']}"
     elif context.get("scene"):
         label = f"scene {context['scene']}"
+    label = printable(label)
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
@@ -178,7 +206,7 @@ def record_summary(records: Sequence[Mapping[str, Any]], *, baseline: Mapping[st
     if baseline is not None or any(changes):
         date = (baseline or {}).get("created", "")[:10] or next(
             (r["baseline"].get("baseline_date") for r in records if r.get("baseline")), "")
-        line += (f"; against the baseline of {date or 'unknown date'}: "
+        line += (f"; against the baseline of {printable(date) if date else 'unknown date'}: "
                  f"{changes.count('regressed')} regressed, {changes.count('improved')} improved")
     return line
 
@@ -203,12 +231,13 @@ def render_coherence(records: Sequence[Mapping[str, Any]], *, color: bool, width
         return ""
     adapters, columns, cells = record_matrix(records)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    table.add_column("adapter", no_wrap=True, min_width=max(len(a) for a in adapters))
+    # names come from suites and adapter files: each goes to rich as a Text, never as markup
+    table.add_column("adapter", no_wrap=True, min_width=max(len(printable(a)) for a in adapters))
     for column in columns:
-        table.add_column(column, no_wrap=True, min_width=BAR_WIDTH)
+        table.add_column(plain(column), no_wrap=True, min_width=BAR_WIDTH)
     bar_style = {"track": "dim", "score": "bold", "threshold": "bold blue"}
     for adapter in adapters:
-        row: list[Any] = [Text(adapter, style="bold")]
+        row: list[Any] = [plain(adapter, style="bold")]
         for column in columns:
             record = cells.get((adapter, column))
             if record is None:
@@ -232,7 +261,7 @@ def render_coherence(records: Sequence[Mapping[str, Any]], *, color: bool, width
 
                 mark, change_style = CHANGE_STYLE[change]
                 delta = signed(record["baseline"].get("delta"))
-                cell.append(f"\n{mark} {delta} {change}", style=change_style)
+                cell.append(f"\n{mark} {printable(delta)} {change}", style=change_style)
             row.append(cell)
         table.add_row(*row, end_section=True)
     out = io.StringIO()
@@ -270,7 +299,7 @@ def render_comparison(comparisons: Sequence[Any], *, color: bool, width: int = 1
     for c in comparisons:
         interval = "" if c.ci_low is None or c.ci_high is None else (
             "exact" if c.exact else f"{signed(c.ci_low)}..{signed(c.ci_high)}")
-        table.add_row(c.adapter, c.name,
+        table.add_row(plain(c.adapter), plain(c.name),
                       "" if c.baseline_score is None else fmt(c.baseline_score),
                       "" if c.score is None else fmt(c.score),
                       "" if c.delta is None else signed(c.delta), interval,
@@ -281,8 +310,8 @@ def render_comparison(comparisons: Sequence[Any], *, color: bool, width: int = 1
                       legacy_windows=False)
     console.print(table)
     counts = {ch: sum(c.change is ch for c in comparisons) for ch in Change}
-    console.print(f"{len(comparisons)} checks: {counts[Change.REGRESSED]} regressed, "
-                  f"{counts[Change.IMPROVED]} improved, {counts[Change.UNCHANGED]} unchanged, "
-                  f"{counts[Change.NEW]} new, {counts[Change.MISSING]} missing", highlight=False)
+    console.print(Text(f"{len(comparisons)} checks: {counts[Change.REGRESSED]} regressed, "
+                       f"{counts[Change.IMPROVED]} improved, {counts[Change.UNCHANGED]} unchanged, "
+                       f"{counts[Change.NEW]} new, {counts[Change.MISSING]} missing"))
     text = out.getvalue()
     return text if color else "\n".join(line.rstrip() for line in text.splitlines()) + "\n"

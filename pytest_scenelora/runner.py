@@ -23,7 +23,7 @@ from .cache import ResultCache, generation_key
 from .fsutil import canonical_json, sha256_bytes
 from .generation import GenerationConfig, rows_per_batch
 from .prompts import InputMode, scene_prompt, topic_prompt
-from .scenes import Register, Scene, SceneSet, Topic, load_registers, load_scenes, load_topics
+from .scenes import Register, Scene, SceneSet, Topic, excerpt, load_registers, load_scenes, load_topics
 from .suite import CheckSpec, Scorer, Suite, SuiteError
 
 if TYPE_CHECKING:
@@ -391,14 +391,34 @@ class SuiteRunner:
     def _load_merged(self, suite: Suite, spec: CheckSpec) -> Any:
         from transformers import AutoModelForCausalLM
 
+        from .weights import check_model_folder, read_config
+
         path = Path(spec["merged_model"])
         path = path if path.is_absolute() else (suite.path.parent / path)
-        if not (path / "config.json").is_file():
-            raise SuiteError(suite.path, spec.line, f"check {spec.name!r}: merged_model {str(path)!r} is "
-                             "not a model folder (no config.json); give a save_pretrained folder")
+
+        class Refused(SuiteError):
+            def __init__(self, message: str) -> None:
+                super().__init__(suite.path, spec.line_of("merged_model"),
+                                 f"check {excerpt(spec.name)}: {message}")
+
+        # safetensors only, no code of its own: a suite (and so a pull request) names this folder
+        check_model_folder(path, "merged_model", Refused)
+        config = read_config(path, "merged_model", Refused)
         base = self.library.base
-        return AutoModelForCausalLM.from_pretrained(path, dtype=base.model.dtype,
-                                                    local_files_only=True).to(base.device).eval()
+        # a merge of this base has the base's shape; anything else is not what the check
+        # compares (and a config may ask for a model far larger than the base)
+        base_config = base.model.config.to_dict()
+        for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"):
+            if key in base_config and config.get(key) != base_config[key]:
+                raise Refused(f"merged_model {path} has {key} {excerpt(config.get(key))}, the base has "
+                              f"{base_config[key]!r}; give a merge of this base")
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                path, dtype=base.model.dtype, local_files_only=True, use_safetensors=True,
+                trust_remote_code=False).to(base.device).eval()
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise Refused(f"merged_model {path} could not be loaded: {first}") from None
 
     def _check_unseen_scenes(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
         from .unseen import run_unseen_scenes

@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import enum
 import os
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ class SceneSet:
         except KeyError:
             raise SceneFileError(
                 self.path, None,
-                f"no scene {scene_id!r} here; the scenes are {', '.join(self.scenes)}",
+                f"no scene {excerpt(scene_id)} here; the scenes are {listing(self.scenes)}",
             ) from None
 
     def __contains__(self, scene_id: object) -> bool:
@@ -146,8 +147,64 @@ class _Seq(list):
     item_lines: list[int]
 
 
+#: The most values a YAML document may stand for once its aliases are expanded. PyYAML
+#: builds an alias as a reference to the anchored value, so loading stays small, but
+#: anything that walks the result (a message quoting it, ``str()`` of a list) walks every
+#: repetition: nine levels of nine aliases (the "billion laughs") stand for 387 million
+#: values from a few hundred bytes. Real scenes, topics, registers and suites are far below.
+MAX_EXPANDED_VALUES = 200_000
+
+
+def _expanded_size_check(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it beyond :data:`MAX_EXPANDED_VALUES`.
+
+    Each node's expanded size is computed once (children before parents, without
+    recursion), so the check costs one pass over the nodes as written. The error names
+    the line of the outermost value that alone expands too far.
+    """
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return []
+
+    while stack:
+        node, done = stack.pop()
+        if done:
+            open_nodes.discard(id(node))
+            size[id(node)] = min(1 + sum(size.get(id(c), 1) for c in children(node)),
+                                 MAX_EXPANDED_VALUES + 1)
+            continue
+        if id(node) in size or id(node) in open_nodes:  # shared (an alias) or recursive
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node))
+    if size[id(root)] <= MAX_EXPANDED_VALUES:
+        return
+    culprit = root
+    while True:
+        bigger = [c for c in children(culprit) if size.get(id(c), 1) > MAX_EXPANDED_VALUES]
+        if not bigger:
+            break
+        culprit = bigger[0]
+    raise _LocatedError(culprit.start_mark.line + 1,
+                        f"this value stands for more than {MAX_EXPANDED_VALUES:,} values once its "
+                        "aliases (*name) are expanded; write the values out, or repeat fewer aliases")
+
+
 class LineLoader(yaml.SafeLoader):
-    """A SafeLoader whose mappings and sequences know their line (1-based)."""
+    """A SafeLoader whose mappings and sequences know their line (1-based), and that
+    refuses documents whose aliases expand too far (:func:`_expanded_size_check`)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_size_check(node)
+        return yaml.constructor.SafeConstructor.construct_document(self, node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Map:
         if not isinstance(node, yaml.MappingNode):
@@ -165,7 +222,7 @@ class LineLoader(yaml.SafeLoader):
                 raise _LocatedError(line, f"a key must be a plain word, not {type(key).__name__}")
             if key in result:
                 raise _LocatedError(
-                    line, f"duplicate key {key!r} (first on line {result.key_lines[key]}); "
+                    line, f"duplicate key {excerpt(key)} (first on line {result.key_lines[key]}); "
                     "keep one of them",
                 )
             result[key] = self.construct_object(value_node, deep=deep)
@@ -196,6 +253,7 @@ if getattr(yaml, "__with_libyaml__", False):
         """:class:`LineLoader` on libyaml's parser: the same tree and lines, 10-20x faster
         (registers.yaml: 0.17 s -> 0.01 s, read by every suite file and every xdist worker)."""
 
+        construct_document = LineLoader.construct_document
         construct_mapping = LineLoader.construct_mapping
         construct_sequence = LineLoader.construct_sequence
 
@@ -223,10 +281,17 @@ def load_yaml(path: Path | str) -> Any:
         raise SceneFileError(path, None, f"not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     # libyaml is fast; on any error, parse again with the pure-Python loader, whose
     # messages and marks the errors below quote
-    with contextlib.suppress(yaml.YAMLError, _LocatedError):
+    with contextlib.suppress(yaml.YAMLError, _LocatedError, RecursionError, ValueError, OverflowError):
         return yaml.load(text, Loader=FastLineLoader)
     try:
         return yaml.load(text, Loader=LineLoader)  # LineLoader is a SafeLoader
+    except RecursionError:
+        raise SceneFileError(path, None, "values are nested too deeply to read; write a flatter "
+                             "file") from None
+    except (ValueError, OverflowError) as exc:  # a scalar PyYAML cannot build: a 5000-digit int, a bad date
+        what = " ".join(str(exc).split(";")[0].split())[:160]
+        raise SceneFileError(path, None, f"invalid YAML value: {what}; write it as quoted text or fix "
+                             "it") from None
     except _LocatedError as exc:
         raise SceneFileError(path, exc.line, exc.message) from None
     except yaml.MarkedYAMLError as exc:
@@ -264,9 +329,9 @@ class _Reader:
         allowed = [*required, *optional]
         for key in mapping:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"the keys are {', '.join(allowed)}"
-                raise self.fail(self.line_of(mapping, key), f"unknown key {key!r} in {what}; {hint}")
+                close = close_match(key, allowed)
+                hint = f"did you mean {close!r}?" if close else f"the keys are {', '.join(allowed)}"
+                raise self.fail(self.line_of(mapping, key), f"unknown key {excerpt(key)} in {what}; {hint}")
         for key in required:
             if key not in mapping:
                 raise self.fail(self.line_of(mapping), f"{what} has no {key!r}; add `{key}: ...`")
@@ -308,7 +373,7 @@ class _Reader:
         except ValueError:
             allowed = " or ".join(repr(m.value) for m in enum_type)
             raise self.fail(self.line_of(mapping, key),
-                            f"{what} {key!r} is {value!r}; write {allowed}") from None
+                            f"{what} {key!r} is {excerpt(value)}; write {allowed}") from None
 
     def items(self, root: Any, key: str, example: str) -> list[tuple[int | None, _Map]]:
         if not isinstance(root, dict):
@@ -334,7 +399,7 @@ class _Reader:
 
     def unique(self, seen: dict[str, int | None], value: str, what: str, line: int | None) -> None:
         if value in seen:
-            raise self.fail(line, f"duplicate {what} {value!r} (first on line {seen[value]}); "
+            raise self.fail(line, f"duplicate {what} {excerpt(value)} (first on line {seen[value]}); "
                             "give each a distinct id")
         seen[value] = line
 
@@ -348,7 +413,52 @@ def _kind(value: Any) -> str:
         return "a list"
     if isinstance(value, str):
         return f"the text {value!r}" if len(value) < 40 else "text"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {excerpt(value)}"
+
+
+class _ShortRepr(reprlib.Repr):
+    """``repr`` that stops early: a few items of each container, two levels deep, short
+    strings. Its cost is bounded whatever the value holds, so a value built by a chain of
+    YAML aliases (each level repeating the one before) cannot blow up a message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset = 2, 4, 4, 4, 4
+        self.maxstring, self.maxother, self.maxlong = 40, 40, 40
+
+    def repr__Map(self, x: dict, level: int) -> str:  # reprlib's naming: repr_<type name>
+        return self.repr_dict(x, level)
+
+    def repr__Seq(self, x: list, level: int) -> str:
+        return self.repr_list(x, level)
+
+
+_short_repr = _ShortRepr()
+
+
+def excerpt(value: Any, limit: int = 60) -> str:
+    """*value* as ``repr`` shows it, cut to at most *limit* characters: what an error
+    message quotes of anything read from a file."""
+    if isinstance(value, str):  # a string keeps its quotes and escapes, cut inside them
+        return repr(value if len(value) <= limit else value[: limit - 1] + "…")
+    text = _short_repr.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def listing(names: Iterable[Any], most: int = 12) -> str:
+    """Names joined by commas, the first *most* of them (a file may hold thousands)."""
+    names = list(names)
+    shown = ", ".join(excerpt(n)[1:-1] if isinstance(n, str) else excerpt(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def close_match(value: Any, choices: Iterable[str]) -> str | None:
+    """The choice *value* is most likely a typo of, if any (short values only: comparing
+    long text costs time, and a typo is short)."""
+    if not isinstance(value, str | int | float) or len(str(value)) > 100:
+        return None
+    found = difflib.get_close_matches(str(value), list(choices), n=1)
+    return found[0] if found else None
 
 
 def _resolve(path: str | os.PathLike[str] | None, default: Path) -> Path:
@@ -372,7 +482,7 @@ def load_scenes(path: str | os.PathLike[str] | None = None) -> SceneSet:
                     ("title", "fields", "input", "split"))
         scene_id = reader.text(item, "id", "scene")
         if "\n" in scene_id or "/" in scene_id:
-            raise reader.fail(reader.line_of(item, "id"), f"scene id {scene_id!r} cannot name a "
+            raise reader.fail(reader.line_of(item, "id"), f"scene id {excerpt(scene_id)} cannot name a "
                               "file (it holds a line break or '/'); use an id such as Δ42")
         reader.unique(seen, scene_id, "scene id", reader.line_of(item, "id"))
         fields = _read_scene_fields(reader, item, structure, scene_id)
@@ -411,20 +521,20 @@ def _read_scene_fields(reader: _Reader, item: _Map, structure: SceneStructure,
     if "fields" not in item:
         return {}
     line = reader.line_of(item, "fields")
-    value = reader.mapping(item["fields"], f"scene {scene_id!r} 'fields'", line, "`field: word` lines")
+    value = reader.mapping(item["fields"], f"scene {excerpt(scene_id)} 'fields'", line, "`field: word` lines")
     fields: dict[str, str] = {}
     for name, word in value.items():
         name_line = reader.line_of(value, name)
         if structure.fields and name not in structure.fields:
-            close = difflib.get_close_matches(str(name), list(structure.fields), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else \
-                f"the structure's fields are {', '.join(structure.fields)}"
-            raise reader.fail(name_line, f"scene {scene_id!r} has field {name!r}, which the "
+            close = close_match(name, structure.fields)
+            hint = f"did you mean {close!r}?" if close else \
+                f"the structure's fields are {listing(structure.fields)}"
+            raise reader.fail(name_line, f"scene {excerpt(scene_id)} has field {excerpt(name)}, which the "
                               f"structure does not define; {hint}")
-        if isinstance(word, list):
+        if isinstance(word, list) and all(isinstance(w, str | int | float) for w in word):
             word = ", ".join(str(w) for w in word)
         if not isinstance(word, str | int | float) or not str(word).strip():
-            raise reader.fail(name_line, f"scene {scene_id!r} field {name!r} must be text, "
+            raise reader.fail(name_line, f"scene {excerpt(scene_id)} field {excerpt(name)} must be text, "
                               f"not {_kind(word)}")
         fields[str(name)] = str(word).strip()
     return fields
@@ -474,23 +584,23 @@ def load_registers(
         refs_line = reader.line_of(item, "references")
         refs = item["references"]
         if not isinstance(refs, list) or not refs:
-            raise reader.fail(refs_line, f"register {name!r} 'references' must be a non-empty list "
+            raise reader.fail(refs_line, f"register {excerpt(name)} 'references' must be a non-empty list "
                               "of `- {topic: ..., text: ...}`")
         references = []
         for i, ref in enumerate(refs):
             ref_line = refs.item_lines[i] if isinstance(refs, _Seq) else refs_line
             if isinstance(ref, str):
-                raise reader.fail(ref_line, f"register {name!r} reference {i + 1} is bare text; "
+                raise reader.fail(ref_line, f"register {excerpt(name)} reference {i + 1} is bare text; "
                                   "write `- topic: <topic id>` and `  text: ...`")
-            ref = reader.mapping(ref, f"register {name!r} reference {i + 1}", ref_line,
+            ref = reader.mapping(ref, f"register {excerpt(name)} reference {i + 1}", ref_line,
                                  "`- topic: harbour` and `  text: ...`")
-            reader.keys(ref, f"register {name!r} reference", ("topic", "text"))
+            reader.keys(ref, f"register {excerpt(name)} reference", ("topic", "text"))
             topic = reader.text(ref, "topic", "reference")
             if known is not None and topic not in known:
-                close = difflib.get_close_matches(topic, sorted(known), n=1)
-                hint = f"did you mean {close[0]!r}?" if close else "use a topic id from topics.yaml"
+                close = close_match(topic, sorted(known))
+                hint = f"did you mean {close!r}?" if close else "use a topic id from topics.yaml"
                 raise reader.fail(reader.line_of(ref, "topic"),
-                                  f"reference topic {topic!r} is not a known topic or scene; {hint}")
+                                  f"reference topic {excerpt(topic)} is not a known topic or scene; {hint}")
             references.append(Reference(topic=topic, text=reader.text(ref, "text", "reference"),
                                         line=ref_line or 0))
         registers[name] = Register(

@@ -465,12 +465,19 @@ def model_content_key(folder: Path) -> str:
 def _load_sentence_transformer(folder: str, device: str) -> SentenceTransformer:
     # One loaded model per (folder, device) per process: the plugin's session scorer and a
     # user's helper share it instead of loading the same weights twice. The folder is local
-    # and local_files_only forbids any hub lookup, whatever HF_HUB_OFFLINE says.
+    # and local_files_only forbids any hub lookup, whatever HF_HUB_OFFLINE says. A suite
+    # may name the folder, so it is read as safetensors only and runs no code of its own.
+    from .weights import check_model_folder, read_config
+
+    check_model_folder(Path(folder), "embedder", ScorerError, modules=True)
+    if (Path(folder) / "config.json").is_file():
+        read_config(Path(folder), "embedder", ScorerError)
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(folder, device=device, local_files_only=True)
-    except (OSError, ValueError) as exc:
+        return SentenceTransformer(folder, device=device, local_files_only=True, trust_remote_code=False,
+                                   model_kwargs={"use_safetensors": True})
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ScorerError(f"embedder folder {folder!r} could not be loaded: {first}") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,13 +30,16 @@ def number_parser(kind: type[int] | type[float], ok: Callable[[float], bool], re
                   ) -> Callable[[str], Any]:
     """An argparse ``type=`` for an int or float meeting *ok*; otherwise one line saying
     what the value is not (a number at all, or *requirement*)."""
-    what = "an integer" if kind is int else "a number"
+    what = "an integer" if kind is int else "a finite number"
 
     def parse(value: str) -> Any:
         try:
             number = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+        # float() takes "nan" and "inf"; no option means them
+        if kind is float and not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
         if not ok(number):
             raise argparse.ArgumentTypeError(f"{value!r} {requirement}")
         return number
@@ -43,7 +47,18 @@ def number_parser(kind: type[int] | type[float], ok: Callable[[float], bool], re
     return parse
 
 
-parse_seed = number_parser(int, lambda n: n >= 0, "is negative; seeds are 0 or more")
+#: Seeds reach torch, numpy and Hypothesis; torch takes at most 64 bits, so the range is the
+#: usual 32-bit one, which every one of them takes.
+MAX_SEED = 2**32 - 1
+_seed_number = number_parser(int, lambda n: n >= 0, f"is negative; seeds are 0 to {MAX_SEED}")
+
+
+def parse_seed(value: str) -> int:
+    """An argparse ``type=`` for a seed: a whole number from 0 to :data:`MAX_SEED`."""
+    seed = _seed_number(value)
+    if seed > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value!r} is too large; seeds are 0 to {MAX_SEED}")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -66,8 +81,8 @@ class Settings:
         object.__setattr__(self, "quantize", Quantization(self.quantize))
         if not self.base_model:
             raise ValueError("--base-model is empty; use 'tiny', a preset, a directory or an HF id")
-        if self.seed < 0:
-            raise ValueError(f"--scenelora-seed {self.seed!r} is negative; seeds are 0 or more")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--scenelora-seed {self.seed!r} is outside 0..{MAX_SEED}")
         if self.update_baseline and not self.baseline_path:
             raise ValueError("--scenelora-update-baseline needs --scenelora-baseline FILE (or "
                              "scenelora_baseline in [tool.pytest.ini_options]) to say where to write it")

@@ -8,16 +8,16 @@ and what to write instead``. Nothing from YAML is ever evaluated.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import fnmatch
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .scenes import SceneFileError, _Map, _Reader, load_yaml
+from .scenes import SceneFileError, _Map, _Reader, close_match, excerpt, listing, load_yaml
 
 SUITE_MARKER = re.compile(r"^checks\s*:", re.MULTILINE)
 
@@ -157,13 +157,18 @@ def _number(reader: _Reader, mapping: _Map, key: str, param: Param, what: str) -
     value = mapping[key]
     line = reader.line_of(mapping, key)
     if param.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise reader.fail(line, f"{what} {key!r} must be a whole number, not {value!r}; "
+        raise reader.fail(line, f"{what} {key!r} must be a whole number, not {excerpt(value)}; "
                           f"write `{key}: {param.default}`")
     if param.kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise reader.fail(line, f"{what} {key!r} must be a number, not {value!r}; "
+        raise reader.fail(line, f"{what} {key!r} must be a number, not {excerpt(value)}; "
                           f"write `{key}: {param.default}`")
+    # NaN compares false with every bound, so it would pass the range check below (a NaN
+    # tolerance never regresses; a NaN threshold cannot be written as JSON)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise reader.fail(line, f"{what} {key!r} is {excerpt(value)}, not a finite number; "
+                          f"write e.g. `{key}: {param.default}`")
     if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
-        raise reader.fail(line, f"{what} {key!r} is {value!r}, outside {param.low:g}..{param.high:g} "
+        raise reader.fail(line, f"{what} {key!r} is {excerpt(value)}, outside {param.low:g}..{param.high:g} "
                           f"({param.help}); write e.g. `{key}: {param.default}`")
     return value
 
@@ -173,9 +178,9 @@ def _check(reader: _Reader, item: _Map, line: int | None) -> CheckSpec:
         raise reader.fail(line, f"a check has no 'kind'; add `kind: ...`, one of {', '.join(KINDS)}")
     kind = item["kind"]
     if kind not in KINDS:
-        close = difflib.get_close_matches(str(kind), list(KINDS), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(KINDS)}"
-        raise reader.fail(reader.line_of(item, "kind"), f"unknown check kind {kind!r}; {hint}")
+        close = close_match(kind, KINDS)
+        hint = f"did you mean {close!r}?" if close else f"use one of {', '.join(KINDS)}"
+        raise reader.fail(reader.line_of(item, "kind"), f"unknown check kind {excerpt(kind)}; {hint}")
     schema = KINDS[kind]
     what = f"check {kind!r}"
     reader.keys(item, what, ("kind",), [*schema, "name"])
@@ -215,7 +220,8 @@ def load_suite(path: Path) -> Suite:
         target = (path.parent / reader.text(root, key, "the suite")).resolve()
         if must_exist and not target.exists():
             raise reader.fail(reader.line_of(root, key),
-                              f"{key} {str(target)!r} does not exist; give a path relative to this file")
+                              f"{key} {excerpt(str(target), 200)} does not exist; give a path relative "
+                              "to this file")
         return target
 
     generation = GenerationSpec()
@@ -254,10 +260,10 @@ def check_references(suite: Suite, scene_ids: set[str], topic_ids: set[str], reg
     def known(value: str | None, pool: set[str], what: str, spec: CheckSpec, key: str) -> None:
         if value is None or value in pool:
             return
-        close = difflib.get_close_matches(value, sorted(pool), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"the {what}s are {', '.join(sorted(pool))}"
-        raise SuiteError(suite.path, spec.line_of(key), f"check {spec.name!r}: unknown {what} {value!r} "
-                         f"in {key!r}; {hint}")
+        close = close_match(value, sorted(pool))
+        hint = f"did you mean {close!r}?" if close else f"the {what}s are {listing(sorted(pool))}"
+        raise SuiteError(suite.path, spec.line_of(key), f"check {excerpt(spec.name)}: unknown {what} "
+                         f"{excerpt(value)} in {key!r}; {hint}")
 
     for spec in suite.checks:
         known(spec.params.get("scene"), scene_ids, "scene", spec, "scene")
