@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pytest_scenelora import adapters as fmt
-from pytest_scenelora.generation import GenerationConfig, _sample_row
+from pytest_scenelora.generation import GenerationConfig, _sample_row, decision_margin
 from pytest_scenelora.runner import Request, SuiteRunner
 from pytest_scenelora.scoring import Embedder
 from pytest_scenelora.settings import Settings
@@ -76,18 +76,28 @@ class OneAtATimeEmbedder(Embedder):
 
 class SeededSampler:
     """A logits processor that draws the row's token with its own seeded generator and
-    leaves ``generate`` (run greedy) nothing else to choose."""
+    leaves ``generate`` (run greedy) nothing else to choose.
 
-    def __init__(self, config: GenerationConfig, seed: int) -> None:
+    With a *trace* list, each step appends ``(token, margin)``: the token drawn and how far
+    the logits were from drawing another (:func:`decision_margin`), so a comparison with
+    scenelora's batched decode can tell a rounding near-tie from a real difference.
+    """
+
+    def __init__(self, config: GenerationConfig, seed: int,
+                 trace: list[tuple[int, float]] | None = None) -> None:
         import torch
 
         self.config = config
         self.generator = torch.Generator().manual_seed(int(seed))
+        self.trace = trace
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
+        state = self.generator.get_state() if self.trace is not None else None
         token = _sample_row(scores[0].cpu(), self.config, self.generator)
+        if self.trace is not None:
+            self.trace.append((token, decision_margin(scores[0].cpu(), self.config, state)[1]))
         forced = torch.full_like(scores, float("-inf"))
         forced[:, token] = 0.0
         return forced
@@ -106,6 +116,8 @@ class LoadedAdapter:
     stats: NaiveStats
     device: str = "cpu"
     texts: dict[tuple[str | None, str, int], str] = field(default_factory=dict)
+    #: per sample, each step's (token, decision margin); filled when tracing (see run_naive)
+    traces: dict[tuple[str | None, str, int], list[tuple[int, float]]] | None = None
 
     @classmethod
     def load(cls, info: fmt.AdapterInfo, peft_dir: Path, base_dir: Path, stats: NaiveStats,
@@ -151,7 +163,8 @@ class LoadedAdapter:
         raise ValueError(f"naive_peft: {name!r}: weighted combinations are not part of the "
                          "compared work; run the benchmark on suites without `weight:`")
 
-    def generate_one(self, prompt: str, adapter: str | None, config: GenerationConfig, seed: int) -> str:
+    def generate_one(self, prompt: str, adapter: str | None, config: GenerationConfig, seed: int,
+                     trace: list[tuple[int, float]] | None = None) -> str:
         import torch
 
         encoded = self.tokenizer(prompt, return_tensors="pt").to(self.device)
@@ -160,7 +173,7 @@ class LoadedAdapter:
             "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
         }
         if config.do_sample:
-            kwargs["logits_processor"] = [SeededSampler(config, seed)]
+            kwargs["logits_processor"] = [SeededSampler(config, seed, trace)]
         with torch.inference_mode():
             if adapter is None:
                 with self.model.disable_adapter():
@@ -194,7 +207,12 @@ def load_peft(base_dir: Path, peft_dir: Path, device: str = "cpu") -> Any:
         base = AutoModelForCausalLM.from_pretrained(
             base_dir, dtype=dtype, local_files_only=True, quantization_config=qconfig,
             device_map={"": device if device == "cpu" else 0})
-    model = PeftModel.from_pretrained(base, str(peft_dir), is_trainable=False)
+    # through scenelora's gate, as the library loads it: a stored initialisation that
+    # rewrites base layers (PiSSA, OLoRA...) never runs on the reference's base
+    info = fmt.read_adapter(peft_dir)
+    fmt.validate(info, base_dir).raise_first()
+    model = PeftModel.from_pretrained(base, str(peft_dir), is_trainable=False,
+                                      config=fmt.lora_config(info.peft_config, where=info.path))
     return model.eval()
 
 
@@ -235,8 +253,9 @@ class NaiveRunner(SuiteRunner):
             for i in range(req.n):
                 key = (req.adapter, req.prompt, i)
                 if key not in self.current.texts:  # this adapter's loop already made it
+                    trace = None if self.current.traces is None else self.current.traces.setdefault(key, [])
                     self.current.texts[key] = self.current.generate_one(
-                        req.prompt, req.adapter, config, self.sample_seed(req.prompt, i))
+                        req.prompt, req.adapter, config, self.sample_seed(req.prompt, i), trace)
                 samples.append(self.current.texts[key])
             out.append(samples)
         return out
@@ -258,15 +277,18 @@ class NaiveResult:
     texts: dict[tuple[str, str | None, str, int], str]  # (adapter, row adapter, prompt, i) -> text
     stats: NaiveStats
     wall_s: float
+    #: the same keys -> each step's (token, decision margin), when run with ``trace=True``
+    traces: dict[tuple[str, str | None, str, int], list[tuple[int, float]]] = field(default_factory=dict)
 
 
 def run_naive(suite_paths: Sequence[Path], adapter_paths: Sequence[Path], *,
               base: str = "tiny", seed: int = 0, threads: int | None = None,
-              device: str = "cpu", quantize: str = "none") -> NaiveResult:
+              device: str = "cpu", quantize: str = "none", trace: bool = False) -> NaiveResult:
     """Run the suites' checks on each adapter in turn, the plain way; returns verdicts.
 
     *threads* sets ``torch.set_num_threads`` (default: torch's own choice, as a plain
-    script leaves it).
+    script leaves it). *trace* records every sampled step's decision margin (slower: it is
+    for comparisons, not for timing).
     """
     import torch
 
@@ -290,17 +312,21 @@ def run_naive(suite_paths: Sequence[Path], adapter_paths: Sequence[Path], *,
     runner = NaiveRunner(settings, [Path(p) for p in adapter_paths], stats)
     verdicts: dict[tuple[str, str], Any] = {}
     texts: dict[tuple[str, str | None, str, int], str] = {}
+    traces: dict[tuple[str, str | None, str, int], list[tuple[int, float]]] = {}
     start = time.perf_counter()
     for info in infos:
         runner.current = LoadedAdapter.load(info, peft_dirs[info.name], base_dir, stats, device)
+        if trace:
+            runner.current.traces = {}
         for suite in suites:
             if not suite.selects(info.name):
                 continue
             for spec in suite.checks:
                 verdicts[(spec.name, info.name)] = runner.run(suite, spec, info.name)
         texts.update({(info.name, *k): v for k, v in runner.current.texts.items()})
+        traces.update({(info.name, *k): v for k, v in (runner.current.traces or {}).items()})
         runner.current = None
-    return NaiveResult(verdicts, texts, stats, time.perf_counter() - start)
+    return NaiveResult(verdicts, texts, stats, time.perf_counter() - start, traces)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,14 @@
 A small decode loop of our own instead of ``model.generate``: it passes PEFT's
 ``adapter_names`` to every forward step (one adapter per row of a mixed batch), and it
 samples each row with its own seeded generator, so a sample's text depends only on its
-prompt, adapter, config and seed, never on which other rows share its batch. That is
-what lets generations be cached per sample and batched freely.
+prompt, adapter, config and seed, not on which other rows share its batch. That is what
+lets generations be cached per sample and batched freely.
+
+"Only" up to float rounding: which rows share a batch changes how the CPU's vector units
+(AVX2, AVX-512, AMX) or the GPU split a matrix product, so logits differ by ~1e-6, and a
+pick that was within that of a tie can go the other way (then the rest of that sample
+follows another path). :func:`decision_margin` says how close each pick was; tests
+compare samples across batching and machines with it rather than by equality.
 """
 
 from __future__ import annotations
@@ -59,6 +65,100 @@ def _sample_row(logits: Any, config: GenerationConfig, generator: Any) -> int:
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
         return int(order[choice])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def decision_margin(logits: Any, config: GenerationConfig, generator_state: Any = None) -> tuple[int, float]:
+    """The token one decode step picks from *logits*, and how far it is from picking another.
+
+    The margin is a lower bound on the perturbation (largest change of any one logit) that
+    could change the pick. Batched and one-row forwards, or two CPUs with other vector
+    units, give logits that differ by rounding (~1e-6); a sample can only differ between
+    them at a step whose margin is below that difference. Comparisons of texts across
+    batching or machines use this to tell a near-tie from a real difference.
+
+    Greedy: half the gap between the two largest logits. Sampled (*generator_state*: the
+    row's generator state before the draw, which is replayed, not consumed): the draw is
+    ``argmax(p_i / q_i)`` over the nucleus with exponential noise ``q`` in rank order (see
+    :func:`_sample_rows`). A perturbation of size d moves the log ratio of any two
+    probabilities, and the log-odds of any partial sum of them, by at most ``2d / T``, so
+    it can change the pick only by closing the race between the winner and another
+    candidate, by swapping two adjacent ranks (their noise swaps with them) where that
+    changes the winner, or by moving the top-p boundary across tokens that would then win,
+    or across the winner itself. ``tests/test_decision_margin.py`` checks the bound against
+    the perturbations that come closest. Below ~1e-4 the sampler's own float32 sums blur
+    it: such a step is a tie for any purpose.
+    """
+    import math
+
+    import torch
+
+    logits = logits.float()
+    if not config.do_sample:
+        top = torch.topk(logits, 2).values.tolist()
+        return int(logits.argmax()), (top[0] - top[1]) / 2
+    t = config.temperature
+    logp = torch.log_softmax(logits / t, dim=-1).double()
+    probs = logp.exp()
+    generator = torch.Generator()
+    if generator_state is not None:
+        generator.set_state(generator_state)
+    if config.top_p < 1.0:
+        ranked_logp, order = torch.sort(logp, descending=True)
+        ranked = ranked_logp.exp()
+        before = ranked.cumsum(-1) - ranked  # mass ahead of each rank
+        kept = int((before < config.top_p).sum())
+    else:
+        order = torch.arange(logp.numel())
+        ranked_logp, ranked, kept = logp, probs, logp.numel()
+        before = None
+    noise = torch.empty(logp.numel(), dtype=torch.float32).exponential_(1, generator=generator).double()
+    keys = ranked_logp - noise.log()  # log of p / q, in rank order
+    winner = int(keys[:kept].argmax())
+    scale = t / 2  # the logit change that closes a gap of 1 between two log keys
+
+    # the likeliest few keys of the nucleus: enough to find the best rival of the winner
+    # with any two other ranks left out
+    values, indices = torch.topk(keys[:kept], min(4, kept))
+    top = list(zip(indices.tolist(), values.tolist(), strict=True))
+
+    def rival(*left_out: int) -> float:
+        return next((value for rank, value in top if rank not in left_out), -math.inf)
+
+    def gap(winning: float, rivals: float) -> float:
+        return max(0.0, (winning - rivals) * scale)
+
+    won = float(keys[winner])
+    margins = [gap(won, rival(winner))]
+    if config.top_p < 1.0:
+        # the logit change that moves the mass ahead of each rank across top_p: it moves
+        # that mass's log-odds by at most 2 / T per unit
+        odds = lambda p: p.log() - (1 - p).log()  # noqa: E731
+        top_p = torch.tensor(config.top_p, dtype=torch.float64)
+        boundary = (odds(before.clamp(1e-300, 1 - 1e-16)) - odds(top_p)).abs() * (t / 2)
+        if kept < logp.numel():  # tokens outside join the nucleus, and one of them wins
+            joining = torch.maximum(boundary[kept:], (won - keys[kept:]).clamp(min=0) * scale)
+            margins.append(float(joining.min()))
+        if winner > 0:  # the winner falls outside it
+            margins.append(float(boundary[winner]))
+        # adjacent ranks r and r + 1 trade places, and noise, when their probabilities cross
+        # (at the nucleus' edge the outer token comes in and the inner one leaves); a pair
+        # further apart than the smallest margin so far cannot lower it
+        gaps = ((ranked_logp[:-1] - ranked_logp[1:])[:kept] * scale).tolist()
+        log_noise = noise.log().tolist()
+        least = min(margins)
+        for r in (i for i, g in enumerate(gaps) if g < least):
+            swapped = {r + 1: float(ranked_logp[r + 1]) - log_noise[r]}
+            if r + 1 < kept:
+                swapped[r] = float(ranked_logp[r]) - log_noise[r + 1]
+            rest = rival(r, r + 1, winner)
+            if winner in (r, r + 1):  # the winner's own noise changes, or it leaves
+                mine = swapped.get(winner)
+                need = 0.0 if mine is None else gap(mine, max(rest, *(v for k, v in swapped.items()
+                                                                      if k != winner)))
+            else:
+                need = gap(won, max(rest, *swapped.values()))
+            margins.append(max(gaps[r], need))
+    return int(order[winner]), min(margins, default=math.inf)
 
 
 def _sample_rows(logits: Any, config: GenerationConfig, generators: Sequence[Any]) -> Any:
@@ -380,11 +480,15 @@ def generate(
     adapter_names: Sequence[str] | None = None,
     config: GenerationConfig | None = None,
     seeds: Sequence[int] | None = None,
+    trace: list[list[tuple[int, float]]] | None = None,
 ) -> list[str]:
     """Continue each prompt; row *i* uses ``adapter_names[i]`` and ``seeds[i]``.
 
     *adapter_names* are PEFT adapter keys (``__base__`` for the base alone); None runs
-    the model as it is (its active adapter). Greedy decoding ignores *seeds*.
+    the model as it is (its active adapter). Greedy decoding ignores *seeds*. A *trace*
+    list receives, per row, each step's ``(token, margin)`` (:func:`decision_margin`; until
+    the row's end): what a comparison across batching or machines needs to tell a
+    rounding near-tie from a real difference. Tracing is slow; decoding does not need it.
     """
     config = config or DEFAULT_CONFIG
     if not prompts:
@@ -399,15 +503,23 @@ def generate(
         routing = _RowRouting(model, adapter_names)
         prompts = [prompts[i] for i in routing.order]
         seeds = [seeds[i] for i in routing.order] if config.do_sample else seeds
+    steps = None if trace is None else [[] for _ in range(rows)]
     with cpu_thread_limit(cpu_threads(model) if _on_cpu(model) else None):
-        if routing is not None:
+        if routing is None:
+            texts = _decode(model, tokenizer, prompts, adapter_names, config, seeds, steps)
+            order = range(rows)
+        else:
             with routing:
-                texts = _decode(model, tokenizer, prompts, None, config, seeds)
-            out = [""] * rows
-            for position, row in enumerate(routing.order):
-                out[row] = texts[position]
-            return out
-        return _decode(model, tokenizer, prompts, adapter_names, config, seeds)
+                texts = _decode(model, tokenizer, prompts, None, config, seeds, steps)
+            order = routing.order
+    out, traced = [""] * rows, [[] for _ in range(rows)]
+    for position, row in enumerate(order):
+        out[row] = texts[position]
+        if steps is not None:
+            traced[row] = steps[position]
+    if trace is not None:
+        trace.extend(traced)
+    return out
 
 
 def _on_cpu(model: Any) -> bool:
@@ -451,6 +563,7 @@ def _decode(
     adapter_names: Sequence[str] | None,
     config: GenerationConfig,
     seeds: Sequence[int] | None,
+    trace: list[list[tuple[int, float]]] | None = None,
 ) -> list[str]:
     import torch
     from transformers import DynamicCache
@@ -476,10 +589,15 @@ def _decode(
         next_pos = positions[:, -1:] + 1
         for _ in range(config.max_new_tokens):
             logits = output.logits[:, -1, :]
+            states = [g.get_state() for g in generators] if trace is not None and generators else None
             if generators is None:
                 chosen = logits.argmax(dim=-1).cpu()
             else:
                 chosen = _sample_rows(logits.cpu(), config, generators)
+            if trace is not None:
+                for row in (~finished).nonzero()[:, 0].tolist():
+                    _, margin = decision_margin(logits[row].cpu(), config, states and states[row])
+                    trace[row].append((int(chosen[row]), margin))
             # a row's tokens end at its first eos; later steps feed it padding
             chosen = torch.where(finished, torch.full_like(chosen, eos), chosen)
             steps.append(chosen)

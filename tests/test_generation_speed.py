@@ -1,13 +1,15 @@
-"""The fast decode paths give exactly the text of the plain ones.
+"""The fast decode paths give the text of the plain ones.
 
 ``_sample_rows`` (batched top-p sampling) must draw the tokens of the per-row reference
 sampler, ties included; row routing (contiguous adapter slices instead of PEFT's
-``adapter_names`` per step) must give PEFT's mixed-batch text, greedy and sampled.
+``adapter_names`` per step) must give PEFT's mixed-batch text, greedy and sampled, as far
+as float rounding allows (a text may part only at a near-tie: ``near_ties.py``).
 """
 
 from __future__ import annotations
 
 import pytest
+from near_ties import assert_same_decodes
 
 from pytest_scenelora.generation import (
     GenerationConfig,
@@ -116,10 +118,14 @@ def test_row_routing_gives_the_text_of_peft_mixed_batches(library, config) -> No
     names = [k for _, k in rows]
     seeds = list(range(100, 100 + len(rows)))
     assert _RowRouting.supported(library.model, names)
+    routed_trace: list = []
     routed = generate(library.model, library.base.tokenizer, [p for p, _ in rows],
-                      adapter_names=names, config=config, seeds=seeds)
-    peft = _decode(library.model, library.base.tokenizer, [p for p, _ in rows], names, config, seeds)
-    assert routed == peft
+                      adapter_names=names, config=config, seeds=seeds, trace=routed_trace)
+    peft_trace: list = [[] for _ in rows]
+    peft = _decode(library.model, library.base.tokenizer, [p for p, _ in rows], names, config, seeds,
+                   peft_trace)
+    # the same arithmetic on slices instead of gathered rows: equal up to float rounding
+    assert_same_decodes(routed, routed_trace, peft, peft_trace)
     assert len(set(routed)) > len(prompts)
     # the patch is gone afterwards: the model runs as PEFT made it
     assert not any("forward" in vars(m) for m in library.model.modules())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from near_ties import assert_same_decodes
 
 from pytest_scenelora.errors import LibraryError
 from pytest_scenelora.generation import GenerationConfig
@@ -48,20 +49,37 @@ def test_the_base_alone_differs_from_every_adapter(library: AdapterLibrary) -> N
         assert not torch.allclose(base, library.logits(PROMPTS, name), atol=1e-4)
 
 
-def test_mixed_batch_gives_the_same_greedy_text_as_one_adapter_at_a_time(library) -> None:
+def test_a_mixed_batch_computes_the_logits_of_one_adapter_at_a_time(library) -> None:
+    """Up to float rounding: which rows share a batch changes how a CPU's vector units split
+    the matrix products (AVX-512 differs from AVX2 here), never more than that."""
+    import torch
+
     rows = [(p, a) for a in [*library.names, None] for p in PROMPTS]
-    mixed = library.generate([p for p, _ in rows], [a for _, a in rows], config=SHORT)
-    one_by_one = [library.generate([p], a, config=SHORT)[0] for p, a in rows]
-    assert mixed == one_by_one
+    mixed = library.logits([p for p, _ in rows], [a for _, a in rows])
+    alone = torch.cat([library.logits([p], [a]) for p, a in rows])
+    assert (mixed - alone).abs().max() <= 1e-4
+
+
+def test_mixed_batch_gives_the_same_greedy_text_as_one_adapter_at_a_time(library) -> None:
+    """The same samples, as far as floats allow: a text may part from its one-row twin only
+    at a near-tie (see ``near_ties.py``); here that is rarer than one row in ten."""
+    rows = [(p, a) for a in [*library.names, None] for p in PROMPTS]
+    traced: list = []
+    mixed = library.generate([p for p, _ in rows], [a for _, a in rows], config=SHORT, trace=traced)
+    alone_traces: list = []
+    one_by_one = [library.generate([p], a, config=SHORT, trace=alone_traces)[0] for p, a in rows]
+    assert_same_decodes(mixed, traced, one_by_one, alone_traces)
     assert len(set(mixed)) > len(PROMPTS)  # adapters really speak differently
 
 
 def test_seeded_sampling_depends_on_the_seed_not_on_the_batch(library) -> None:
     config = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=1.0, top_p=0.95)
-    alone = library.generate(PROMPTS[:1], "Δ42_poetic", config=config, seeds=[5])
+    alone_trace: list = []
+    alone = library.generate(PROMPTS[:1], "Δ42_poetic", config=config, seeds=[5], trace=alone_trace)
+    batch_trace: list = []
     in_batch = library.generate([PROMPTS[1], PROMPTS[0]], ["Δ42_logic", "Δ42_poetic"],
-                                config=config, seeds=[9, 5])
-    assert alone[0] == in_batch[1]
+                                config=config, seeds=[9, 5], trace=batch_trace)
+    assert_same_decodes(alone, alone_trace, in_batch[1:], batch_trace[1:], most_apart=0)
     draws = {library.generate(PROMPTS[:1], "Δ42_poetic", config=config, seeds=[s])[0]
              for s in range(6)}
     assert len(draws) > 1
