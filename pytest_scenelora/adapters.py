@@ -537,8 +537,10 @@ def _expected_tensors(base_dir: str, config_json: str) -> dict[str, tuple[int, .
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .models import peft_wrapping_quietly
+
     config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
-    with torch.device("meta"):
+    with torch.device("meta"), peft_wrapping_quietly():
         model = AutoModelForCausalLM.from_config(config)
         peft_model = get_peft_model(model, lora_config(json.loads(config_json)))
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model).items()}

@@ -115,7 +115,10 @@ class AdapterLibrary:
         key = self._new_key()
         config = fmt.lora_config(info.peft_config)
         if self._peft is None:
-            self._peft = get_peft_model(self.base.model, config, adapter_name=key)
+            from .models import peft_wrapping_quietly
+
+            with peft_wrapping_quietly():
+                self._peft = get_peft_model(self.base.model, config, adapter_name=key)
         else:
             self._peft.add_adapter(key, config)
         set_peft_model_state_dict(self._peft, tensors, adapter_name=key)

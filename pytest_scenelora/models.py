@@ -8,10 +8,15 @@ HF cache. Nothing here ever touches the network: a base that is not on disk is a
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
+import logging
 import os
+import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +27,89 @@ from .errors import BaseModelError, BaseModelNotFoundError
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+# ------------------------------------------------------------------- third-party noise
+#
+# Two messages from libraries this package drives reach every user's terminal and
+# pytest's warnings summary, though nothing the user does can act on them. Each is
+# silenced by its exact text, where it arises; any other message of those libraries
+# still gets through.
+
+#: bitsandbytes logs this on import (PEFT imports it) on CPUs with AVX512-BF16 when the
+#: optional ``kernels`` package, which downloads kernels from the Hub, is absent; the
+#: CPU falls back to bitsandbytes' own kernel.
+BNB_KERNELS_LOGGER = "bitsandbytes.backends.cpu.ops"
+BNB_KERNELS_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+#: PEFT reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a
+#: model (``get_peft_model``, ``PeftModel``), and its ``prepare_model_for_kbit_training``
+#: (QLoRA) calls the deprecated ``gradient_checkpointing_enable``; transformers then warns
+#: about PEFT's code.
+GRADIENT_CHECKPOINTING_DEPRECATIONS = (
+    re.escape("`is_gradient_checkpointing` is deprecated"),
+    re.escape("`gradient_checkpointing_enable` is deprecated"),
+)
+
+
+#: Importing PEFT imports bitsandbytes, whose ``torch.compile`` decorators import torch's
+#: inductor, whose ``torch.utils.mkldnn`` still uses the deprecated ``script_method``: a
+#: DeprecationWarning per use, which pytest lists in the user's warnings summary.
+TORCH_SCRIPT_METHOD_DEPRECATION = re.escape("`torch.jit.script_method` is deprecated")
+
+
+class _DropBitsandbytesKernelsNotice(logging.Filter):
+    """Drops bitsandbytes' "no Hub kernels" notice, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(BNB_KERNELS_NOTICE))
+
+
+def silence_bitsandbytes_kernels_notice() -> None:
+    """Filter bitsandbytes' kernels notice out of its logger, once per process.
+
+    Runs when this module is imported, which the CLI and the pytest plugin do (through
+    ``settings``) before anything imports PEFT or bitsandbytes; getting the logger by
+    name now hands bitsandbytes the same logger, filter attached, when it imports.
+    """
+    logger = logging.getLogger(BNB_KERNELS_LOGGER)
+    if not any(isinstance(f, _DropBitsandbytesKernelsNotice) for f in logger.filters):
+        logger.addFilter(_DropBitsandbytesKernelsNotice())
+
+
+silence_bitsandbytes_kernels_notice()
+
+
+@contextlib.contextmanager
+def peft_wrapping_quietly() -> Iterator[None]:
+    """Around a PEFT call that wraps or prepares a model: no gradient-checkpointing FutureWarnings.
+
+    A local filter, innermost, so it also holds under pytest's per-test filters and a
+    user's ``-W error::FutureWarning``; every other warning passes as before.
+    """
+    import_peft_quietly()
+    with warnings.catch_warnings():
+        for message in GRADIENT_CHECKPOINTING_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
+
+
+def import_peft_quietly() -> None:
+    """Import PEFT (and with it bitsandbytes) without torch's ``script_method`` deprecations.
+
+    Only the first import warns, so it is done here, under a filter for that one message.
+    :func:`load_base` and :func:`peft_wrapping_quietly` call it: in a pytest session PEFT
+    is first needed once a base is loaded. (A command's own Python hides library
+    DeprecationWarnings anyway; pytest is what lists them.)
+    """
+    import sys
+
+    if "peft" in sys.modules:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCH_SCRIPT_METHOD_DEPRECATION,
+                                category=DeprecationWarning)
+        import peft  # noqa: F401
 
 
 class Quantization(str, enum.Enum):
@@ -189,12 +277,7 @@ def weights_hash(model_dir: Path) -> str:
 
     model_dir = Path(model_dir).resolve()
     memo_path = cache_home() / "file-hashes.json"
-    try:
-        memo = json.loads(memo_path.read_text(encoding="utf-8"))
-        if not isinstance(memo, dict):
-            memo = {}
-    except (OSError, ValueError):
-        memo = {}  # no memo yet, or an unreadable one: digests are recomputed, never trusted
+    memo = _read_hash_memo(memo_path)
     changed = False
     h = hashlib.sha256(fingerprint(model_dir).encode("ascii"))
     for path in weight_files(model_dir):
@@ -210,6 +293,53 @@ def weights_hash(model_dir: Path) -> str:
         with atomic_path(memo_path) as tmp:  # a racing writer loses at most a memo entry
             tmp.write_text(json.dumps(memo, sort_keys=True), encoding="utf-8")
     return h.hexdigest()
+
+
+def _read_hash_memo(memo_path: Path) -> dict[str, list[str]]:
+    """The ``file-hashes.json`` memo, or an empty one; a damaged memo is set aside.
+
+    A memo entry that is not ``[stamp, sha256]`` would feed garbage into every content
+    hash built on it, so the memo is trusted only whole: otherwise it is renamed
+    ``file-hashes.json.corrupt-<time>`` (under its lock, checked again there, since a
+    concurrent process may have just rewritten it), a warning says so, and the digests
+    are recomputed.
+    """
+    from .fsutil import file_lock, set_aside
+
+    def parse(raw: bytes) -> tuple[dict[str, list[str]], str | None]:
+        try:
+            memo = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return {}, f"not valid JSON ({str(exc)[:100]})"
+        if not isinstance(memo, dict):
+            return {}, f"holds a JSON {type(memo).__name__}, not an object"
+        for key, entry in memo.items():
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                    and isinstance(entry[1], str) and len(entry[1]) == 64
+                    and all(c in "0123456789abcdef" for c in entry[1])):
+                return {}, f"its entry for {key[:200]!r} is not [stamp, sha256 digest]"
+        return memo, None
+
+    def read() -> bytes | None:
+        try:
+            return memo_path.read_bytes()
+        except OSError:  # none yet, or one this user cannot read: digests are recomputed
+            return None
+
+    raw = read()
+    if raw is None:
+        return {}
+    memo, problem = parse(raw)
+    if problem is None:
+        return memo
+    with file_lock(memo_path):
+        raw = read()
+        if raw is None:
+            return {}
+        memo, problem = parse(raw)
+        if problem is not None:
+            set_aside(memo_path, problem)
+    return memo
 
 
 # -------------------------------------------------------------------------------- loading
@@ -327,6 +457,7 @@ def load_base(
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
+    import_peft_quietly()
     model_dir = resolve_base(name)
     resolved_device = pick_device(device)
     quantization = Quantization(quantize)

@@ -10,8 +10,13 @@ Everything that shapes the weights (the base weights' content hash, data bytes, 
 the LoRA and optimiser settings, the seed, quantization, device, library versions) goes
 into a content hash, and the trained file is cached under that hash: asking again
 trains zero steps, and two pytest-xdist workers asking at once train once (a file lock).
-Training is deterministic (fixed seeds, deterministic kernels, a fixed thread count,
-seeded shuffling), so the same request gives a byte-identical file.
+Training is deterministic (fixed seeds, deterministic kernels, a fixed team of threads,
+seeded shuffling), so the same request gives a byte-identical file. What that rests on,
+precisely: the same torch, PEFT and transformers versions (in the cache key), the same
+device and thread count (``threads``, default 2, in the key and in ``train_config``),
+and the same CPU kernels (torch picks AVX2 or AVX-512 code by CPU; recorded as
+``cpu_kernels`` in ``train_config``). OpenMP's and MKL's dynamic thread adjustment, which
+would tie the thread count to the machine's load, is switched off while training.
 
 This module knows nothing of pytest; ``plugin.py`` wraps :class:`AdapterTrainer` as the
 ``train_adapter`` fixture and ``cli_train.py`` wraps :func:`train` as ``scenelora train``.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
+import functools
 import json
 import math
 import os
@@ -29,7 +35,6 @@ import shutil
 import struct
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,10 +49,11 @@ from .fsutil import (
     cache_home,
     canonical_json,
     file_lock,
+    set_aside,
     sha256_bytes,
     sha256_file,
 )
-from .models import TINY, Device, Quantization
+from .models import TINY, Device, Quantization, peft_wrapping_quietly
 from .prompts import InputMode, scene_prompt, topic_prompt
 
 if TYPE_CHECKING:
@@ -709,7 +715,16 @@ class TrainResult:
 
 @contextlib.contextmanager
 def deterministic_torch(threads: int, device: str) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count inside the block; restored after."""
+    """Deterministic kernels and a fixed team of *threads* threads inside the block; restored after.
+
+    ``torch.set_num_threads`` sets the most threads, not the number used: with OpenMP's
+    dynamic adjustment on (``OMP_DYNAMIC=true``; libgomp then sizes each team from the
+    system's load average) or MKL's (``MKL_DYNAMIC``, on unless set false), a loaded
+    machine runs some kernels on fewer threads. Reductions are then split differently
+    and the weights come out different in the last bits while the loss agrees to many
+    decimals; reproduced here with ``OMP_DYNAMIC=true`` under load. Both adjustments are
+    switched off for the block, as Intel's conditions for run-to-run reproducibility ask.
+    """
     import torch
 
     previous_threads = torch.get_num_threads()
@@ -721,10 +736,65 @@ def deterministic_torch(threads: int, device: str) -> Iterator[None]:
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device == "cuda")
     try:
-        yield
+        with _fixed_team_size():
+            yield
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)
+
+
+@contextlib.contextmanager
+def _fixed_team_size() -> Iterator[None]:
+    """OpenMP's and MKL's dynamic thread counts off inside the block, where torch has them.
+
+    Both are C switches with no torch API: ``omp_set_dynamic`` of the OpenMP runtime
+    torch loaded, and MKL's ``MKL_Set_Dynamic`` exported by torch's CPU library when it
+    bundles MKL. Where neither is found the block runs as it is (the promise then also
+    depends on ``OMP_DYNAMIC``/``MKL_DYNAMIC`` being unset or false).
+    """
+    omp_get, omp_set, mkl_set = _threading_switches()
+    omp_before = omp_get() if omp_get is not None else None
+    mkl_before = os.environ.get("MKL_DYNAMIC", "true").strip().lower() not in ("false", "0", "no")
+    if omp_set is not None:
+        omp_set(0)
+    if mkl_set is not None:
+        mkl_set(0)
+    try:
+        yield
+    finally:
+        if omp_set is not None and omp_before is not None:
+            omp_set(omp_before)
+        if mkl_set is not None:
+            mkl_set(int(mkl_before))  # MKL has no getter: its setting came from MKL_DYNAMIC
+
+
+@functools.cache
+def _threading_switches() -> tuple[Any, Any, Any]:
+    """(omp_get_dynamic, omp_set_dynamic, MKL_Set_Dynamic) as C functions, each or None."""
+    import ctypes
+
+    import torch
+
+    def find(library: Any, name: str) -> Any:
+        try:
+            function = getattr(library, name)
+        except AttributeError:
+            return None
+        function.restype = ctypes.c_int
+        if name.endswith("set_dynamic") or name.endswith("Set_Dynamic"):
+            function.argtypes = [ctypes.c_int]
+        return function
+
+    try:
+        loaded = ctypes.CDLL(None)  # the process's symbols: torch's OpenMP runtime is among them
+    except (OSError, TypeError):  # Windows has no such handle
+        return None, None, None
+    mkl_set = None
+    torch_cpu = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    if torch.backends.mkl.is_available() and torch_cpu.is_file():
+        with contextlib.suppress(OSError):
+            mkl_set = find(ctypes.CDLL(str(torch_cpu)), "MKL_Set_Dynamic")
+    return find(loaded, "omp_get_dynamic"), find(loaded, "omp_set_dynamic"), mkl_set
 
 
 def cache_key(spec: TrainSpec, base_content: str, training_set: TrainingSet, device: str) -> str:
@@ -806,15 +876,6 @@ def _lora_config(spec: TrainSpec, plan: TargetPlan) -> Any:
 
 
 @contextlib.contextmanager
-def _known_warnings_silenced() -> Iterator[None]:
-    """Silence deprecations that PEFT triggers inside transformers, which users cannot act on."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated",
-                                category=FutureWarning)
-        yield
-
-
-@contextlib.contextmanager
 def _hf_progress_bars_off() -> Iterator[None]:
     """No "Loading weights" bar from transformers: training reports its own progress."""
     from transformers.utils import logging as hf_logging
@@ -854,13 +915,13 @@ def _run_training(spec: TrainSpec, training_set: TrainingSet, base: Any,
     if spec.quantize is not Quantization.NONE:
         model.config.use_cache = False  # gradient checkpointing cannot use the KV cache
         # QLoRA: norms to fp32, input grads on, gradient checkpointing to save memory.
-        with _known_warnings_silenced():
+        with peft_wrapping_quietly():
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=True,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
     torch.manual_seed(spec.seed)  # LoRA A init and dropout masks
-    with _known_warnings_silenced():
+    with peft_wrapping_quietly():
         peft_model = get_peft_model(model, _lora_config(spec, plan))
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -938,12 +999,24 @@ def _clear_stale_temps(directory: Path, name: str) -> None:
 
 
 def _readable(path: Path) -> fmt.AdapterInfo | None:
+    """The cached adapter at *path*, or None when there is none or it cannot be read."""
+    return _read_cached(path)[0]
+
+
+def _read_cached(path: Path) -> tuple[fmt.AdapterInfo | None, str | None]:
+    """(the cached adapter, None), (None, None) when absent, or (None, what is wrong with it).
+
+    The file is our own cache entry, so whatever stops it from being read (a truncated
+    or overwritten file, a header the reader refuses) means it is damaged, never that
+    the request is wrong: it is set aside and the adapter trained again.
+    """
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return fmt.read_adapter(path)
-    except fmt.AdapterFormatError:
-        return None
+        return fmt.read_adapter(path), None
+    except Exception as exc:  # any failure to read our own cache entry is damage
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"the cached adapter cannot be read ({first[:200]})"
 
 
 def _publish(cached: Path, out_dir: Path | None) -> Path:
@@ -991,8 +1064,11 @@ def train(
     if cache and (info := _readable(cached)) is not None:
         return finish(0, _recorded_loss(info), True)
     with file_lock(cached):
-        if cache and (info := _readable(cached)) is not None:  # another process trained it
+        info, damage = _read_cached(cached)
+        if cache and info is not None:  # another process trained it
             return finish(0, _recorded_loss(info), True)
+        if damage is not None:
+            set_aside(cached, damage)
         _clear_stale_temps(cached.parent, cached.name)
         with deterministic_torch(spec.threads, device):
             with _hf_progress_bars_off():
@@ -1007,7 +1083,8 @@ def train(
             train_data_sha256=training_set.data_sha256,
             extra={"train_config": canonical_json({**spec.hyperparameters(), "device": device,
                                                    "input_mode": training_set.input_mode.value,
-                                                   "examples": len(training_set.pairs)}),
+                                                   "examples": len(training_set.pairs),
+                                                   "cpu_kernels": _cpu_kernels()}),
                    "train_final_loss": f"{trained.final_loss:.6f}",
                    "train_recipe": str(RECIPE_VERSION)},
         )
@@ -1015,6 +1092,16 @@ def train(
         os.replace(staging, cached)
         _log_build(cached, spec, trained, time.perf_counter() - started)
     return finish(trained.steps, trained.final_loss, False)
+
+
+def _cpu_kernels() -> str:
+    """Which vectorised CPU code torch runs (``AVX512``, ``AVX2``, ``DEFAULT``...): results
+    differ in the last bits between them, so an adapter says which one made it."""
+    import torch
+
+    with contextlib.suppress(AttributeError, RuntimeError):
+        return str(torch.backends.cpu.get_cpu_capability())
+    return "unknown"
 
 
 def _recorded_loss(info: fmt.AdapterInfo) -> float | None:
