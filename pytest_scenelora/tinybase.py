@@ -19,6 +19,7 @@ from typing import Any
 
 from . import shipped
 from .fsutil import atomic_dir, cache_home, canonical_json, file_lock, hash_files, sha256_bytes
+from .threads import fixed_team_size
 
 #: Everything that shapes the built weights. Change any value and the cache key changes.
 RECIPE: dict[str, Any] = {
@@ -116,7 +117,8 @@ def _deterministic_torch(threads: int) -> Iterator[None]:
     torch.use_deterministic_algorithms(True)
     torch.set_default_dtype(torch.float32)  # whatever the caller's process left it at
     try:
-        yield
+        with fixed_team_size():  # the team is *threads* threads however loaded the machine is
+            yield
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_det)

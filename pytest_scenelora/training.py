@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
-import functools
 import json
 import math
 import os
@@ -55,6 +54,7 @@ from .fsutil import (
 )
 from .models import TINY, Device, Quantization, peft_wrapping_quietly
 from .prompts import InputMode, scene_prompt, topic_prompt
+from .threads import fixed_team_size
 
 if TYPE_CHECKING:
     import torch
@@ -736,65 +736,11 @@ def deterministic_torch(threads: int, device: str) -> Iterator[None]:
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device == "cuda")
     try:
-        with _fixed_team_size():
+        with fixed_team_size():
             yield
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)
-
-
-@contextlib.contextmanager
-def _fixed_team_size() -> Iterator[None]:
-    """OpenMP's and MKL's dynamic thread counts off inside the block, where torch has them.
-
-    Both are C switches with no torch API: ``omp_set_dynamic`` of the OpenMP runtime
-    torch loaded, and MKL's ``MKL_Set_Dynamic`` exported by torch's CPU library when it
-    bundles MKL. Where neither is found the block runs as it is (the promise then also
-    depends on ``OMP_DYNAMIC``/``MKL_DYNAMIC`` being unset or false).
-    """
-    omp_get, omp_set, mkl_set = _threading_switches()
-    omp_before = omp_get() if omp_get is not None else None
-    mkl_before = os.environ.get("MKL_DYNAMIC", "true").strip().lower() not in ("false", "0", "no")
-    if omp_set is not None:
-        omp_set(0)
-    if mkl_set is not None:
-        mkl_set(0)
-    try:
-        yield
-    finally:
-        if omp_set is not None and omp_before is not None:
-            omp_set(omp_before)
-        if mkl_set is not None:
-            mkl_set(int(mkl_before))  # MKL has no getter: its setting came from MKL_DYNAMIC
-
-
-@functools.cache
-def _threading_switches() -> tuple[Any, Any, Any]:
-    """(omp_get_dynamic, omp_set_dynamic, MKL_Set_Dynamic) as C functions, each or None."""
-    import ctypes
-
-    import torch
-
-    def find(library: Any, name: str) -> Any:
-        try:
-            function = getattr(library, name)
-        except AttributeError:
-            return None
-        function.restype = ctypes.c_int
-        if name.endswith("set_dynamic") or name.endswith("Set_Dynamic"):
-            function.argtypes = [ctypes.c_int]
-        return function
-
-    try:
-        loaded = ctypes.CDLL(None)  # the process's symbols: torch's OpenMP runtime is among them
-    except (OSError, TypeError):  # Windows has no such handle
-        return None, None, None
-    mkl_set = None
-    torch_cpu = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
-    if torch.backends.mkl.is_available() and torch_cpu.is_file():
-        with contextlib.suppress(OSError):
-            mkl_set = find(ctypes.CDLL(str(torch_cpu)), "MKL_Set_Dynamic")
-    return find(loaded, "omp_get_dynamic"), find(loaded, "omp_set_dynamic"), mkl_set
 
 
 def cache_key(spec: TrainSpec, base_content: str, training_set: TrainingSet, device: str) -> str:

@@ -388,24 +388,28 @@ SPEC = {"scene": "Δ42", "role": "poetic", "steps": 2, "r": 4, "batch_size": 4, 
 TEAM_CHILD = r"""
 import ctypes
 import torch  # loads the OpenMP runtime whose switch is read below
+from pytest_scenelora.tinybase import _deterministic_torch
 from pytest_scenelora.training import deterministic_torch
 
 omp = ctypes.CDLL(None)
 before = omp.omp_get_dynamic()
 with deterministic_torch(2, "cpu"):
-    inside = omp.omp_get_dynamic()
-print(before, inside, omp.omp_get_dynamic())
+    training = omp.omp_get_dynamic()
+with _deterministic_torch(2):
+    base_build = omp.omp_get_dynamic()
+print(before, training, base_build, omp.omp_get_dynamic())
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads libgomp's switch directly")
-def test_training_runs_a_fixed_team_of_threads_even_when_openmp_may_shrink_it() -> None:
+def test_training_and_the_base_build_run_a_fixed_team_of_threads_even_when_openmp_may_shrink_it() -> None:
     env = {**os.environ, "OMP_DYNAMIC": "true", "MKL_DYNAMIC": "true"}
     child = subprocess.run([sys.executable, "-c", TEAM_CHILD], env=env, capture_output=True, text=True,
                            timeout=300)
     assert child.returncode == 0, child.stderr
-    # dynamic adjustment (team sizes from the load average) is on before, off inside, restored after
-    assert child.stdout.split() == ["1", "0", "1"]
+    # dynamic adjustment (team sizes from the load average) is on before, off inside both
+    # (training, the tiny base's build), restored after
+    assert child.stdout.split() == ["1", "0", "0", "1"]
 
 
 TRAIN_CHILD = r"""
