@@ -6,7 +6,7 @@ by this module from the results document (:mod:`.results`). Sections:
 
 - the coherence heatmap, adapters × checks, coloured by verdict, with score and interval;
 - the register map: each ``registers_unpack`` output projected on the plane of the
-  register centroids (see :mod:`.projection`), one colour per adapter;
+  register centroids (see :func:`.checks.registers.register_map`), one colour per adapter;
 - the comparison with the baseline, when there is one;
 - every check's details: the verdict in words, its per-sample scores as a strip, and
   the sample texts.

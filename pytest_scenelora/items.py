@@ -15,14 +15,27 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import adapters as fmt
-from .errors import SceneloraError
+from .errors import SceneloraError, UsageError
+from .session import SESSION_KEY
 from .suite import CheckSpec, Suite, SuiteError, check_references, load_suite
 
 if TYPE_CHECKING:
+    from .checks.kind import CheckKind
     from .session import SceneSession
     from .verdict import Verdict
 
 VERDICT_KEY = pytest.StashKey["Verdict"]()
+
+
+def registered_kinds(node: pytest.Node) -> list[CheckKind]:
+    """The check kinds every ``pytest_scenelora_check_kinds`` implementation that applies to
+    *node* returns: the plugin's shipped ones, installed plugins' and conftest files'."""
+    kinds: list[CheckKind] = []
+    for group in node.ihook.pytest_scenelora_check_kinds():
+        if not isinstance(group, list | tuple):
+            raise UsageError(f"pytest_scenelora_check_kinds returned {group!r}; return a list of CheckKind")
+        kinds.extend(group)
+    return kinds
 
 
 class CheckFailed(Exception):
@@ -41,12 +54,11 @@ class SuiteFile(pytest.File):
     """A YAML suite; collecting it validates it completely."""
 
     def collect(self) -> Iterator[CheckItem]:
-        from .plugin import SESSION_KEY
         from .scenes import load_registers, load_scenes, load_topics
 
         session: SceneSession = self.config.stash[SESSION_KEY]
         try:
-            suite = load_suite(self.path)
+            suite = load_suite(self.path, kinds=registered_kinds(self))
             scenes = load_scenes(suite.scenes) if suite.scenes else load_scenes()
             topics = load_topics(suite.topics) if suite.topics else load_topics()
             registers = load_registers(suite.registers) if suite.registers else load_registers()
@@ -92,8 +104,6 @@ class CheckItem(pytest.Item):
         self.add_marker(pytest.mark.scenelora(kind=spec.kind, adapter=adapter))
 
     def runtest(self) -> None:
-        from .plugin import SESSION_KEY
-
         runner = self.config.stash[SESSION_KEY].runner
         verdict = runner.run(self.suite, self.spec, self.adapter)
         self.stash[VERDICT_KEY] = verdict
@@ -109,8 +119,6 @@ class CheckItem(pytest.Item):
         """What the results document keeps of this item besides the verdict itself (which
         travels as ``scenelora_verdict``): where the check is, what ran it, and how it
         compares with the baseline. Built here, on the worker that loaded the models."""
-        from .plugin import SESSION_KEY
-
         session = self.config.stash[SESSION_KEY]
         try:
             suite = self.path.relative_to(self.config.rootpath).as_posix()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .errors import SceneloraError
-from .session import SceneSession
+from .session import SESSION_KEY, SceneSession
 from .settings import Settings, parse_device, parse_quantization, parse_seed
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .models import LoadedBase
     from .training import AdapterTrainer
 
-SESSION_KEY = pytest.StashKey[SceneSession]()
+__all__ = ["SESSION_KEY"]
 
 _OPTIONS = (
     # (flag, ini name, help, type, metavar, default)
@@ -52,7 +52,10 @@ _OPTIONS = (
 )
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
     group = parser.getgroup("scenelora", "LoRA adapter behaviour tests (pytest-scenelora)")
     group.addoption(
         "--adapter", action="append", default=[], metavar="PATH", dest="scenelora_adapters",
@@ -108,6 +111,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(VerdictCollector(session), "scenelora-verdicts")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_scenelora_check_kinds() -> list:
+    """The shipped check kinds, registered like a user's (first, so they list first)."""
+    from .checks.registry import shipped_kinds
+
+    return shipped_kinds()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

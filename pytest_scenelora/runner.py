@@ -3,11 +3,12 @@
 It owns the expensive parts and their cache: generating samples (batched, with one
 adapter per row, so a check's adapter rows and base rows share one batch), embedding
 them (batched and deduplicated by the scorer), and remembering both in SQLite under
-content-hash keys. The checks themselves (``checks/``) are pure functions of vectors.
+content-hash keys. It knows no check kind: each kind (``checks/``) gathers what it needs
+through a :class:`~.checks.context.CheckContext` on this runner and judges it.
 
 A warm run touches no model: adapters are known by their headers and content hashes,
-the base by its weights' content hash, and generations, vectors and the logits that
-``adapter_active`` and ``merge_equivalence`` compare all come from the cache, so the
+the base by its weights' content hash, and generations, vectors and the logits a kind
+keeps with ``cached_logits`` all come from the cache, so the
 base, PEFT and the embedder are loaded only when something is missing.
 """
 
@@ -20,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import shipped
 from .cache import ResultCache, generation_key
+from .checks.context import CheckContext, Request, scene_request_prompt, topic_request_prompt
 from .fsutil import canonical_json, sha256_bytes
 from .generation import GenerationConfig, rows_per_batch
-from .prompts import InputMode, scene_prompt, topic_prompt
 from .scenes import Register, Scene, SceneSet, Topic, excerpt, load_registers, load_scenes, load_topics
-from .suite import CheckSpec, Scorer, Suite, SuiteError
+from .specs import CheckSpec, Scorer, Suite, SuiteError
 
 if TYPE_CHECKING:
     from .adapters import AdapterInfo
@@ -55,16 +56,15 @@ class AdapterIdentity:
     content_hash: str
 
 
-@dataclass(frozen=True)
-class Request:
-    """n samples of one prompt, from one adapter (None: the base alone)."""
-
-    adapter: str | None
-    prompt: str
-    n: int
+__all__ = ["BATCH_ROWS", "SHARED_CHUNK", "AdapterIdentity", "Request", "SuiteRunner", "World", "embed_shared",
+           "scene_request_prompt", "topic_request_prompt"]
 
 
 class SuiteRunner:
+    """Runs a suite's checks on adapters; the engine behind every :class:`CheckContext`."""
+
+    BATCH_ROWS = BATCH_ROWS
+
     def __init__(self, session: SceneSession, cache: ResultCache | None = None) -> None:
         self.session = session
         self.cache = cache or ResultCache()
@@ -241,14 +241,24 @@ class SuiteRunner:
 
     # ---------------------------------------------------------------------- checks
     def run(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
-        """Generate what the check needs (cached), score it, and judge it."""
-        return getattr(self, f"_check_{spec.kind}")(suite, spec, adapter)
+        """Run the check's kind (its ``definition``, set when the suite was loaded) with a
+        :class:`CheckContext` on this runner: what it generates and embeds is cached here."""
+        definition = spec.definition
+        if definition is None:  # a spec built by hand: the shipped kind of that name
+            from .checks.registry import by_name, shipped_kinds
+
+            definition = by_name(shipped_kinds()).get(spec.kind)
+            if definition is None:
+                raise SuiteError(suite.path, spec.line, f"unknown check kind {excerpt(spec.kind)}")
+        return definition.run(CheckContext(self, suite), spec, adapter)
 
     @property
     def seed(self) -> int:
         return self.session.settings.seed
 
-    def _scene(self, suite: Suite, spec: CheckSpec, adapter: str) -> Scene:
+    def check_scene(self, suite: Suite, spec: CheckSpec, adapter: str) -> Scene:
+        """The check's ``scene:``, else the adapter's scene; one that the suite's scenes
+        file does not define is a ``path:line`` error."""
         world = self.world(suite)
         scene_id = spec.params.get("scene") or self.adapter(adapter).scene
         if scene_id not in world.scenes:
@@ -257,7 +267,8 @@ class SuiteRunner:
                              f"{world.scenes.path} does not define; add it there or set `scene:`")
         return world.scenes[scene_id]
 
-    def _register(self, suite: Suite, spec: CheckSpec, adapter: str) -> str:
+    def check_register(self, suite: Suite, spec: CheckSpec, adapter: str) -> str:
+        """The check's ``register:``, else the adapter's role; it must be a register."""
         world = self.world(suite)
         register = spec.params.get("register") or self.adapter(adapter).role
         if register not in world.registers:
@@ -265,176 +276,6 @@ class SuiteRunner:
                              f"check {spec.name!r}: adapter {adapter!r} has role {register!r}, which is "
                              f"not a register ({', '.join(world.registers)}); set `register:`")
         return register
-
-    def _embed_one(self, suite: Suite, text: str) -> Any:
-        return self.scorer(suite).embed([text])[0]
-
-    def _scene_samples(self, suite: Suite, spec: CheckSpec, adapter: str) -> _SceneSamples:
-        """The adapter's samples for its scene (and the base's, for a hypertoken prompt)."""
-        scene = self._scene(suite, spec, adapter)
-        prompt = scene_request_prompt(scene)
-        token = scene.input is InputMode.TOKEN
-        n = spec["samples"]
-        requests = [Request(adapter, prompt, n)] + ([Request(None, prompt, n)] if token else [])
-        texts = self.texts(requests, self.generation_config(suite))
-        scorer = self.scorer(suite)
-        others = [s for s in self.world(suite).scenes if s.id != scene.id]
-        return _SceneSamples(
-            scene=scene,
-            texts=texts[0],
-            vecs=scorer.embed(texts[0]),
-            base_vecs=scorer.embed(texts[1]) if token else None,
-            scene_vec=self._embed_one(suite, scene.core),
-            distractor_names=[s.id for s in others],
-            distractor_vecs=scorer.embed([s.core for s in others]),
-        )
-
-    def _probes(self, suite: Suite, spec: CheckSpec, adapter: str) -> list[str]:
-        """Probe prompts: every scene (the adapter's own first), then every topic."""
-        world = self.world(suite)
-        own = self.adapter(adapter).scene
-        scenes = sorted(world.scenes, key=lambda s: s.id != own)
-        probes = [scene_request_prompt(s) for s in scenes]
-        probes += [topic_request_prompt(t) for t in world.topics.values()]
-        return probes[: spec["probes"]]
-
-    def _check_adapter_active(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
-        from .checks.active import adapter_active, next_token_kl
-
-        probes = self._probes(suite, spec, adapter)
-        n = len(probes)
-        logits = self.cached_logits(
-            "adapter-and-base-next-token-logits", adapter, probes,
-            lambda: self.library.logits(probes * 2, [adapter] * n + [None] * n).numpy())
-        kl = next_token_kl(logits[:n], logits[n:])
-        return adapter_active(kl, floor=spec["threshold"], seed=self.seed, subject=adapter, prompts=probes)
-
-    def _check_scene_holds(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
-        from .checks.scene import scene_holds
-
-        s = self._scene_samples(suite, spec, adapter)
-        return scene_holds(s.vecs, s.scene_vec, s.distractor_vecs, s.base_vecs,
-                           threshold=spec["threshold"], seed=self.seed, subject=adapter,
-                           scene=s.scene.id, distractor_names=s.distractor_names, texts=s.texts)
-
-    def _check_registers_unpack(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
-        from .checks.registers import register_holds
-        from .checks.scene import scene_margins
-        from .projection import with_register_map
-
-        s = self._scene_samples(suite, spec, adapter)
-        margins = scene_margins(s.vecs, s.scene_vec, s.distractor_vecs, s.base_vecs)
-        space = self.register_space(suite)
-        verdict = register_holds(s.vecs, self._register(suite, spec, adapter), space,
-                                 margins, threshold=spec["threshold"], seed=self.seed, subject=adapter,
-                                 texts=s.texts)
-        return with_register_map(verdict, space, s.vecs)  # for the HTML report's register map
-
-    def _check_style_survives_topic_shift(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
-        from .checks.topic_shift import style_survives_topic_shift
-
-        world = self.world(suite)
-        topics = list(spec["topics"] or world.topics)
-        requests = [Request(adapter, topic_request_prompt(world.topics[t]), spec["samples"]) for t in topics]
-        texts = self.texts(requests, self.generation_config(suite))
-        scorer = self.scorer(suite)
-        home = self._scene(suite, spec, adapter)
-        return style_survives_topic_shift(
-            {t: scorer.embed(x) for t, x in zip(topics, texts, strict=True)},
-            {t: self._topic_vecs(suite, t) for t in topics},
-            self._embed_one(suite, home.core),
-            self.register_space(suite),
-            self._register(suite, spec, adapter),
-            threshold=spec["threshold"], seed=self.seed, subject=adapter,
-            texts_by_topic=dict(zip(topics, texts, strict=True)),
-            topic_titles={t: world.topics[t].title for t in topics},
-        )
-
-    def _topic_vecs(self, suite: Suite, topic: str) -> Any:
-        """What a topic means: its reference texts in every register (a stack of vectors).
-
-        A one-sentence description is a thin target (char n-grams barely match it); the
-        registers' references on the topic are many texts about it in every voice. A topic
-        without references falls back to its description.
-        """
-        world = self.world(suite)
-        texts = [r.text for reg in world.registers.values() for r in reg.references if r.topic == topic]
-        return self.scorer(suite).embed(texts or [world.topics[topic].description])
-
-    def _check_merge_equivalence(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
-        from .checks.merge import merge_equivalence
-
-        probes = self._probes(suite, spec, adapter)
-        weight = spec["weight"]
-
-        def compute() -> Any:
-            import numpy as np
-
-            library = self.library
-            name = adapter
-            if weight != 1.0:
-                name = f"{adapter}×{weight:g}"
-                if name not in library:
-                    library.combine(name, {adapter: weight})
-            merged = self._load_merged(suite, spec) if spec["merged_model"] else library.merged(name)
-            return np.stack([library.logits(probes, name).numpy(),
-                             library.logits(probes, model=merged).numpy()])
-
-        if spec["merged_model"]:  # a checkpoint on disk: compared afresh on every run
-            unmerged, merged_logits = compute()
-        else:
-            unmerged, merged_logits = self.cached_logits("unmerged-and-merged-logits", adapter, probes,
-                                                         compute, weight=weight)
-        return merge_equivalence(unmerged, merged_logits, tolerance=spec["threshold"], subject=adapter,
-                                 prompts=probes)
-
-    def _load_merged(self, suite: Suite, spec: CheckSpec) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        from .weights import check_model_folder, read_config
-
-        path = Path(spec["merged_model"])
-        path = path if path.is_absolute() else (suite.path.parent / path)
-
-        class Refused(SuiteError):
-            def __init__(self, message: str) -> None:
-                super().__init__(suite.path, spec.line_of("merged_model"),
-                                 f"check {excerpt(spec.name)}: {message}")
-
-        # safetensors only, no code of its own: a suite (and so a pull request) names this folder
-        check_model_folder(path, "merged_model", Refused)
-        config = read_config(path, "merged_model", Refused)
-        base = self.library.base
-        # a merge of this base has the base's shape; anything else is not what the check
-        # compares (and a config may ask for a model far larger than the base)
-        base_config = base.model.config.to_dict()
-        for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"):
-            if key in base_config and config.get(key) != base_config[key]:
-                raise Refused(f"merged_model {path} has {key} {excerpt(config.get(key))}, the base has "
-                              f"{base_config[key]!r}; give a merge of this base")
-        try:
-            return AutoModelForCausalLM.from_pretrained(
-                path, dtype=base.model.dtype, local_files_only=True, use_safetensors=True,
-                trust_remote_code=False).to(base.device).eval()
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise Refused(f"merged_model {path} could not be loaded: {first}") from None
-
-    def _check_unseen_scenes(self, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
-        from .unseen import run_unseen_scenes
-
-        return run_unseen_scenes(self, suite, spec, adapter)
-
-
-@dataclass(frozen=True)
-class _SceneSamples:
-    scene: Scene
-    texts: list[str]
-    vecs: Any
-    base_vecs: Any
-    scene_vec: Any
-    distractor_names: list[str]
-    distractor_vecs: Any
 
 
 #: Texts per chunk of :func:`embed_shared`: one encoder batch.
@@ -457,11 +298,3 @@ def embed_shared(scorer: Any, texts: Sequence[str]) -> None:
     start = len(chunks) * worker_index() // worker_count()
     for chunk in chunks[start:] + chunks[:start]:
         scorer.embed(chunk)  # texts the cache holds are read, not embedded
-
-
-def scene_request_prompt(scene: Scene, mode: InputMode | None = None) -> str:
-    return scene_prompt(scene.id, scene.core, mode or scene.input)
-
-
-def topic_request_prompt(topic: Topic) -> str:
-    return topic_prompt(topic.description)

@@ -11,6 +11,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from . import adapters as fmt
 from .settings import Settings
 
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 
 
 class SceneSession:
+    """The run's settings, adapters and (lazily) base, library and runner."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Cheap and eager: a wrong --adapter is a usage error before collection.
@@ -82,3 +86,7 @@ class SceneSession:
             f"embedder {s.embedder or 'all-MiniLM-L6-v2 (packaged)'}",
             f"scenelora: adapters {adapters}",
         ]
+
+
+#: Where the plugin keeps the run's :class:`SceneSession` (``config.stash``).
+SESSION_KEY = pytest.StashKey[SceneSession]()

@@ -8,134 +8,25 @@ and what to write instead``. Nothing from YAML is ever evaluated.
 
 from __future__ import annotations
 
-import enum
-import fnmatch
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .scenes import SceneFileError, _Map, _Reader, close_match, excerpt, listing, load_yaml
+from .specs import CheckSpec, GenerationSpec, Param, Scorer, Suite, SuiteError
+
+if TYPE_CHECKING:
+    from .checks.kind import CheckKind
+
+__all__ = ["CheckSpec", "GenerationSpec", "Param", "Scorer", "Suite", "SuiteError", "check_references",
+           "is_suite", "load_suite"]
 
 SUITE_MARKER = re.compile(r"^checks\s*:", re.MULTILINE)
 
 
-class SuiteError(SceneFileError):
-    """A suite file is malformed; the message is ``path:line: ...``."""
-
-
-class Scorer(str, enum.Enum):
-    EMBEDDING = "embedding"
-    CHAR_NGRAM = "char-ngram"
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a check kind: its type, default and allowed range."""
-
-    kind: type
-    default: Any
-    low: float | None = None
-    high: float | None = None
-    help: str = ""
-
-
-_SAMPLES = Param(int, 12, 2, 512, "samples per prompt")
-#: The schema: for each check kind, its parameters. ``threshold`` is in the check's own unit.
-KINDS: dict[str, dict[str, Param]] = {
-    "adapter_active": {
-        "threshold": Param(float, 0.02, 0.0, 100.0, "KL floor (nats) the mean must clear"),
-        "probes": Param(int, 12, 2, 256, "probe prompts"),
-    },
-    "scene_holds": {
-        "threshold": Param(float, 0.03, -1.0, 1.0, "contrastive margin the mean must clear"),
-        "samples": _SAMPLES,
-        "scene": Param(str, None, help="scene id (default: the adapter's scene)"),
-    },
-    "registers_unpack": {
-        "threshold": Param(float, 0.6, 0.0, 1.0, "share of samples on the scene AND in the register"),
-        "samples": _SAMPLES,
-        "scene": Param(str, None, help="scene id (default: the adapter's scene)"),
-        "register": Param(str, None, help="register (default: the adapter's role)"),
-    },
-    "style_survives_topic_shift": {
-        "threshold": Param(float, 0.6, 0.0, 1.0, "share of samples on the topic AND in the register"),
-        "samples": Param(int, 4, 1, 256, "samples per topic"),
-        "topics": Param(list, None, help="topic ids (default: every topic)"),
-        "register": Param(str, None, help="register (default: the adapter's role)"),
-    },
-    "unseen_scenes": {
-        "threshold": Param(float, 0.5, 0.0, 1.0, "share of samples on the scene AND in the register"),
-        "samples": Param(int, 6, 2, 256, "samples per drawn scene"),
-        "examples": Param(int, 5, 1, 200, "Hypothesis examples (scenes drawn)"),
-        "register": Param(str, None, help="register (default: the adapter's role)"),
-    },
-    "merge_equivalence": {
-        "threshold": Param(float, 1e-3, 0.0, 10.0, "largest allowed logit difference"),
-        "probes": Param(int, 8, 1, 256, "probe prompts"),
-        "weight": Param(float, 1.0, -10.0, 10.0, "weight of the adapter in the merge"),
-        "merged_model": Param(str, None, help="a merged checkpoint to verify (default: merge here)"),
-    },
-}
-#: How far a score may drop below a stored baseline (``--scenelora-baseline``) before the
-#: drop counts as a regression, in each check's own unit; a suite sets it per check with
-#: ``tolerance:``. A drop must also be significant (a paired bootstrap) to regress.
-TOLERANCES = {
-    "adapter_active": 0.02,  # nats of KL
-    "scene_holds": 0.02,  # contrastive margin
-    "registers_unpack": 0.05,  # success rate
-    "style_survives_topic_shift": 0.05,
-    "unseen_scenes": 0.05,
-    "merge_equivalence": 1e-3,  # logit units (lower is better: a rise regresses)
-}
-for _kind, _tolerance in TOLERANCES.items():
-    KINDS[_kind]["tolerance"] = Param(float, _tolerance, 0.0, 100.0,
-                                      "largest drop from the baseline that is not a regression")
 COMMON = {"kind", "name"}
-
-
-@dataclass(frozen=True)
-class CheckSpec:
-    kind: str
-    name: str
-    params: Mapping[str, Any]
-    line: int
-    key_lines: Mapping[str, int] = field(default_factory=dict)
-
-    def line_of(self, key: str) -> int:
-        return self.key_lines.get(key, self.line)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.params[key]
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    max_new_tokens: int = 40
-    temperature: float = 0.8
-    top_p: float = 0.95
-
-
-@dataclass(frozen=True)
-class Suite:
-    path: Path
-    title: str
-    scenes: Path | None
-    topics: Path | None
-    registers: Path | None
-    adapters: str
-    adapter_dir: Path | None
-    scorer: Scorer
-    embedder: str | None
-    generation: GenerationSpec
-    checks: tuple[CheckSpec, ...]
-    adapters_line: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def selects(self, adapter_name: str) -> bool:
-        return fnmatch.fnmatchcase(adapter_name, self.adapters)
 
 
 class _SuiteReader(_Reader):
@@ -173,15 +64,16 @@ def _number(reader: _Reader, mapping: _Map, key: str, param: Param, what: str) -
     return value
 
 
-def _check(reader: _Reader, item: _Map, line: int | None) -> CheckSpec:
+def _check(reader: _Reader, item: _Map, line: int | None, kinds: dict[str, CheckKind]) -> CheckSpec:
     if "kind" not in item:
-        raise reader.fail(line, f"a check has no 'kind'; add `kind: ...`, one of {', '.join(KINDS)}")
+        raise reader.fail(line, f"a check has no 'kind'; add `kind: ...`, one of {', '.join(kinds)}")
     kind = item["kind"]
-    if kind not in KINDS:
-        close = close_match(kind, KINDS)
-        hint = f"did you mean {close!r}?" if close else f"use one of {', '.join(KINDS)}"
+    if not isinstance(kind, str) or kind not in kinds:
+        close = close_match(kind, list(kinds)) if isinstance(kind, str) else None
+        hint = f"did you mean {close!r}?" if close else f"use one of {', '.join(kinds)}"
         raise reader.fail(reader.line_of(item, "kind"), f"unknown check kind {excerpt(kind)}; {hint}")
-    schema = KINDS[kind]
+    definition = kinds[kind]
+    schema = definition.schema
     what = f"check {kind!r}"
     reader.keys(item, what, ("kind",), [*schema, "name"])
     params: dict[str, Any] = {}
@@ -196,12 +88,18 @@ def _check(reader: _Reader, item: _Map, line: int | None) -> CheckSpec:
             params[key] = reader.words(item, key, what)
     name = reader.text(item, "name", what) if "name" in item else kind
     key_lines = {str(k): v for k, v in getattr(item, "key_lines", {}).items()}
-    return CheckSpec(kind=kind, name=name, params=params, line=line or 0, key_lines=key_lines)
+    return CheckSpec(kind=kind, name=name, params=params, line=line or 0, key_lines=key_lines,
+                     definition=definition)
 
 
-def load_suite(path: Path) -> Suite:
-    """Read and validate a suite file; raises :class:`SuiteError` with ``path:line``."""
+def load_suite(path: Path, kinds: Iterable[CheckKind] | None = None) -> Suite:
+    """Read and validate a suite file against the check *kinds* (default: the shipped
+    ones; under pytest, every kind the ``pytest_scenelora_check_kinds`` hook returns);
+    raises :class:`SuiteError` with ``path:line``."""
+    from .checks.registry import by_name, shipped_kinds
+
     path = Path(path)
+    known = by_name(shipped_kinds() if kinds is None else kinds)
     try:
         root = load_yaml(path)
     except SceneFileError as exc:
@@ -233,7 +131,8 @@ def load_suite(path: Path) -> Suite:
                   "top_p": Param(float, 0.95, 0.01, 1.0)}
         generation = GenerationSpec(**{k: _number(reader, block, k, limits[k], "'generation'")
                                        for k in block})
-    checks = [_check(reader, item, line) for line, item in reader.items(root, "checks", "kind: scene_holds")]
+    checks = [_check(reader, item, line, known)
+              for line, item in reader.items(root, "checks", "kind: scene_holds")]
     seen: dict[str, int | None] = {}
     for spec in checks:
         reader.unique(seen, spec.name, "check name", spec.line)

@@ -182,7 +182,7 @@ def test_a_drawn_failing_scene_is_shrunk_printed_and_replayed_first(
             database = home / "hypothesis"
             assert database.is_dir() and any(p.is_file() for p in database.rglob("*")), \
                 "the failure was not kept for the next run"
-    from pytest_scenelora.unseen import SHRINK_BUDGET
+    from pytest_scenelora.checks.unseen import SHRINK_BUDGET
 
     assert 1 < runs[0]["scenes_tried"] <= 3 + SHRINK_BUDGET + 1, runs[0]["scenes_tried"]
     # the next run replays the kept failure first: it fails again and is already minimal

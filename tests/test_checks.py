@@ -628,9 +628,9 @@ def test_unseen_scenes_pools_each_distinct_scene_once_in_the_order_tried() -> No
     """Shrinking re-runs scenes; the verdict pools each scene once, and a scene first tried
     late is listed, not cut off by the repeats before it."""
     from pytest_scenelora import shipped
+    from pytest_scenelora.checks.unseen import _Trial, distinct_trials
     from pytest_scenelora.scenes import load_scenes
     from pytest_scenelora.strategies import novel_vocabularies, scene_from_fields
-    from pytest_scenelora.unseen import _Trial, distinct_trials
     from pytest_scenelora.verdict import decide
 
     scene_set = load_scenes(shipped.scenes_file())

@@ -1,10 +1,12 @@
-"""The behavioural checks: pure functions of scores and vectors, each returning verdicts.
+"""The check kinds: one module each, with its parameters, tolerance, how it gathers its
+samples, vectors or logits (through a :class:`CheckContext`), and its pure judgement.
 
-Nothing here loads a model or knows about pytest. The suite runner generates outputs,
-embeds them with a scorer (:mod:`pytest_scenelora.scoring`), calls a check, and renders
-its :class:`~pytest_scenelora.verdict.Verdict`. ``CHECKS`` maps a suite's check ``kind``
-to its function; ``unseen_scenes`` is not listed because it is ``scene_holds`` and
-``registers_unpack`` run on Hypothesis-drawn scenes.
+The judgements are pure functions of scores and vectors returning a
+:class:`~pytest_scenelora.verdict.Verdict`; nothing here knows about pytest. A project
+adds a kind of its own with a :class:`CheckKind` returned from the
+``pytest_scenelora_check_kinds`` hook (README, "Writing a check kind"). ``CHECKS`` maps a
+kind to its pure judgement; ``unseen_scenes`` is not listed because it is
+``registers_unpack``'s judgement on Hypothesis-drawn scenes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..specs import CheckSpec, Param
 from .active import adapter_active, next_token_kl
+from .context import CheckContext, Request
+from .kind import CheckKind
 from .merge import max_logit_difference, merge_equivalence
 from .registers import RegisterSpace, register_centroids, register_holds, registers_unpack
 from .scene import scene_holds, scene_margins
@@ -20,7 +25,12 @@ from .topic_shift import style_survives_topic_shift
 
 __all__ = [
     "CHECKS",
+    "CheckContext",
+    "CheckKind",
+    "CheckSpec",
+    "Param",
     "RegisterSpace",
+    "Request",
     "adapter_active",
     "max_logit_difference",
     "merge_equivalence",

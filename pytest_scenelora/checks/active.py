@@ -10,10 +10,16 @@ from the base's, and passes when its mean is confidently above a floor.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..verdict import CheckInputError, Verdict, decide
+from .kind import CheckKind, Param
+
+if TYPE_CHECKING:
+    from ..specs import CheckSpec
+    from .context import CheckContext
 
 __all__ = ["adapter_active", "log_softmax", "next_token_kl"]
 
@@ -72,3 +78,29 @@ def adapter_active(
     }
     return decide("adapter_active", subject, kl, floor, higher_is_better=True, seed=seed,
                   confidence=confidence, contexts=contexts, detail=detail)
+
+
+def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
+    """The KL of the adapter's next-token distribution from the base's, on probe prompts
+    (the logits cached: a warm run loads no model)."""
+    probes = context.probes(spec["probes"], adapter)
+    n = len(probes)
+
+    def compute() -> Any:
+        return context.logits(probes * 2, [adapter] * n + [None] * n)
+
+    logits = context.cached_logits("adapter-and-base-next-token-logits", adapter, probes, compute)
+    kl = next_token_kl(logits[:n], logits[n:])
+    return adapter_active(kl, floor=spec["threshold"], seed=context.seed, subject=adapter, prompts=probes)
+
+
+KIND = CheckKind(
+    name="adapter_active",
+    params={
+        "threshold": Param(float, 0.02, 0.0, 100.0, "KL floor (nats) the mean must clear"),
+        "probes": Param(int, 12, 2, 256, "probe prompts"),
+    },
+    tolerance=0.02,  # nats of KL
+    run=run,
+    help="the adapter changes the base's next-token distribution",
+)

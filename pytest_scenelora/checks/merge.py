@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..scenes import excerpt
+from ..specs import SuiteError
 from ..verdict import CheckInputError, Status, Verdict, pick_worst
+from .kind import CheckKind, Param
+
+if TYPE_CHECKING:
+    from ..specs import CheckSpec
+    from .context import CheckContext
 
 __all__ = ["max_logit_difference", "merge_equivalence"]
 
@@ -82,3 +91,77 @@ def merge_equivalence(
         worst=worst,
         detail=detail,
     )
+
+
+def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
+    """The adapter (scaled by ``weight``) unmerged and merged, on the same probes."""
+    probes = context.probes(spec["probes"], adapter)
+    weight = spec["weight"]
+
+    def compute() -> Any:
+        library = context.library
+        name = adapter
+        if weight != 1.0:
+            name = f"{adapter}×{weight:g}"
+            if name not in library:
+                library.combine(name, {adapter: weight})
+        merged = load_merged(context, spec) if spec["merged_model"] else library.merged(name)
+        return np.stack([library.logits(probes, name).numpy(), library.logits(probes, model=merged).numpy()])
+
+    if spec["merged_model"]:  # a checkpoint on disk: compared afresh on every run
+        unmerged, merged_logits = compute()
+    else:
+        unmerged, merged_logits = context.cached_logits("unmerged-and-merged-logits", adapter, probes,
+                                                        compute, weight=weight)
+    return merge_equivalence(unmerged, merged_logits, tolerance=spec["threshold"], subject=adapter,
+                             prompts=probes)
+
+
+def load_merged(context: CheckContext, spec: CheckSpec) -> Any:
+    """The suite's ``merged_model`` folder, loaded like the base; refused (``path:line``)
+    unless it is safetensors without code of its own and has the base's shape."""
+    from transformers import AutoModelForCausalLM
+
+    from ..weights import check_model_folder, read_config
+
+    suite = context.suite
+    path = Path(spec["merged_model"])
+    path = path if path.is_absolute() else (suite.path.parent / path)
+
+    class Refused(SuiteError):
+        def __init__(self, message: str) -> None:
+            super().__init__(suite.path, spec.line_of("merged_model"),
+                             f"check {excerpt(spec.name)}: {message}")
+
+    # safetensors only, no code of its own: a suite (and so a pull request) names this folder
+    check_model_folder(path, "merged_model", Refused)
+    config = read_config(path, "merged_model", Refused)
+    base = context.library.base
+    # a merge of this base has the base's shape; anything else is not what the check
+    # compares (and a config may ask for a model far larger than the base)
+    base_config = base.model.config.to_dict()
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"):
+        if key in base_config and config.get(key) != base_config[key]:
+            raise Refused(f"merged_model {path} has {key} {excerpt(config.get(key))}, the base has "
+                          f"{base_config[key]!r}; give a merge of this base")
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=base.model.dtype, local_files_only=True, use_safetensors=True,
+            trust_remote_code=False).to(base.device).eval()
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise Refused(f"merged_model {path} could not be loaded: {first}") from None
+
+
+KIND = CheckKind(
+    name="merge_equivalence",
+    params={
+        "threshold": Param(float, 1e-3, 0.0, 10.0, "largest allowed logit difference"),
+        "probes": Param(int, 8, 1, 256, "probe prompts"),
+        "weight": Param(float, 1.0, -10.0, 10.0, "weight of the adapter in the merge"),
+        "merged_model": Param(str, None, help="a merged checkpoint to verify (default: merge here)"),
+    },
+    tolerance=1e-3,  # logit units (lower is better: a rise regresses)
+    run=run,
+    help="the merged adapter computes the unmerged adapter's logits",
+)

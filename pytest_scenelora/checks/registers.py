@@ -12,15 +12,22 @@ the adapter's own register; the verdict is on that success rate.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..scoring import normalize_rows
 from ..verdict import CheckInputError, Verdict, decide
+from .kind import CheckKind, Param
+from .scene import SCENE_PARAM, gather_scene_samples, scene_margins
 
-__all__ = ["EMPTY", "RegisterSpace", "register_centroids", "register_holds", "registers_unpack"]
+if TYPE_CHECKING:
+    from ..specs import CheckSpec
+    from .context import CheckContext
+
+__all__ = ["EMPTY", "RegisterSpace", "register_centroids", "register_holds", "register_map",
+           "registers_unpack", "with_register_map"]
 
 #: What an empty output (a zero vector) is classified as: no register at all.
 EMPTY = "(empty)"
@@ -209,3 +216,81 @@ def registers_unpack(
         verdicts.append(register_holds(vecs, register_of[adapter], space, margins, threshold=threshold,
                                        seed=seed, subject=adapter, texts=texts, confidence=confidence))
     return verdicts
+
+
+# ------------------------------------------------------------------ register map
+# The register map: outputs and register centroids projected to two dimensions.
+#
+# The plane is the top two principal axes of the register centroids themselves (PCA by
+# SVD, in the centred space the register classifier works in), not of any one adapter's
+# outputs: every adapter's points land in the same coordinates, so one map can show all
+# the voices of a scene around the same centroids. Signs are fixed (each axis's largest
+# component is positive), so the map is the same on every run.
+
+
+def _plane(centroids: np.ndarray) -> tuple[np.ndarray, float]:
+    centred = centroids - centroids.mean(axis=0)
+    _, sing, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    basis = vt[:2]
+    if basis.shape[0] < 2:  # one register only: a degenerate but drawable plane
+        basis = np.vstack([basis, np.zeros_like(basis[0])])
+    for row in basis:
+        k = int(np.argmax(np.abs(row)))
+        if row[k] < 0:
+            row *= -1
+    total = float((sing ** 2).sum())
+    share = float((sing[:2] ** 2).sum() / total) if total > 0 else 1.0
+    return basis, share
+
+
+def register_map(space: RegisterSpace, output_vecs: np.ndarray) -> dict[str, Any]:
+    """2-D coordinates of each output (None for an empty one), each centroid, and the
+    nearest register of each output: JSON-ready, rounded to 4 places."""
+    basis, share = _plane(np.asarray(space.centroids, dtype=np.float64))
+    vecs = normalize_rows(np.atleast_2d(np.asarray(output_vecs, dtype=np.float32)))
+    empty = ~vecs.any(axis=1)
+    centred = normalize_rows(vecs - space.origin)
+    points = centred.astype(np.float64) @ basis.T
+    labels = space.classify(vecs)
+    return {
+        "axes": "principal axes of the register centroids",
+        "explained": round(share, 4),
+        "centroids": {name: [round(float(x), 4) for x in basis @ c]
+                      for name, c in zip(space.names, np.asarray(space.centroids, dtype=np.float64),
+                                         strict=True)},
+        "points": [None if e else [round(float(x), 4), round(float(y), 4)]
+                   for (x, y), e in zip(points, empty, strict=True)],
+        "labels": labels,
+    }
+
+
+def with_register_map(verdict: Verdict, space: RegisterSpace, output_vecs: np.ndarray) -> Verdict:
+    """*verdict* with its outputs' register map in ``detail["register_map"]``."""
+    return replace(verdict, detail={**verdict.detail, "register_map": register_map(space, output_vecs)})
+
+
+def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
+    """The adapter's samples for its scene must hold the scene and speak its register."""
+    s = gather_scene_samples(context, spec, adapter)
+    margins = scene_margins(s.vecs, s.scene_vec, s.distractor_vecs, s.base_vecs)
+    space = context.register_space()
+    verdict = register_holds(s.vecs, context.register(spec, adapter), space, margins,
+                             threshold=spec["threshold"], seed=context.seed, subject=adapter, texts=s.texts)
+    return with_register_map(verdict, space, s.vecs)  # for the HTML report's register map
+
+
+#: A check's ``register:``: the register its samples must speak.
+REGISTER_PARAM = Param(str, None, help="register (default: the adapter's role)")
+
+KIND = CheckKind(
+    name="registers_unpack",
+    params={
+        "threshold": Param(float, 0.6, 0.0, 1.0, "share of samples on the scene AND in the register"),
+        "samples": Param(int, 12, 2, 512, "samples per prompt"),
+        "scene": SCENE_PARAM,
+        "register": REGISTER_PARAM,
+    },
+    tolerance=0.05,  # success rate
+    run=run,
+    help="samples hold the scene and speak the adapter's register",
+)

@@ -19,12 +19,21 @@ trained Δ42 adapters' samples held the scene 29-42% of the time, against the me
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..prompts import InputMode
 from ..scoring import cosine_matrix, similarity_to
 from ..verdict import CheckInputError, Verdict, decide
+from .context import Request
+from .kind import CheckKind, Param
+
+if TYPE_CHECKING:
+    from ..scenes import Scene
+    from ..specs import CheckSpec
+    from .context import CheckContext
 
 __all__ = ["BASE_COMPETITOR", "scene_contrast", "scene_holds", "scene_margins"]
 
@@ -121,3 +130,58 @@ def scene_holds(
     }
     return decide("scene_holds", subject, margins, threshold, higher_is_better=True,
                   seed=seed, confidence=confidence, texts=texts, contexts=per_sample, detail=detail)
+
+
+@dataclass(frozen=True)
+class SceneSamples:
+    """An adapter's samples for a scene, their vectors, and what they are told apart from."""
+
+    scene: Scene
+    texts: list[str]
+    vecs: Any
+    base_vecs: Any  # the base's samples for a hypertoken prompt (None for a text prompt)
+    scene_vec: Any
+    distractor_names: list[str]
+    distractor_vecs: Any
+
+
+def gather_scene_samples(context: CheckContext, spec: CheckSpec, adapter: str) -> SceneSamples:
+    """The adapter's samples for its scene (and the base's, for a hypertoken prompt): one batch."""
+    scene = context.scene(spec, adapter)
+    prompt = context.scene_prompt(scene)
+    token = scene.input is InputMode.TOKEN
+    n = spec["samples"]
+    texts = context.texts([Request(adapter, prompt, n)] + ([Request(None, prompt, n)] if token else []))
+    others = [s for s in context.world.scenes if s.id != scene.id]
+    return SceneSamples(
+        scene=scene,
+        texts=texts[0],
+        vecs=context.embed(texts[0]),
+        base_vecs=context.embed(texts[1]) if token else None,
+        scene_vec=context.embed_one(scene.core),
+        distractor_names=[s.id for s in others],
+        distractor_vecs=context.embed([s.core for s in others]),
+    )
+
+
+def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
+    s = gather_scene_samples(context, spec, adapter)
+    return scene_holds(s.vecs, s.scene_vec, s.distractor_vecs, s.base_vecs,
+                       threshold=spec["threshold"], seed=context.seed, subject=adapter,
+                       scene=s.scene.id, distractor_names=s.distractor_names, texts=s.texts)
+
+
+#: A check's ``scene:``: the scene its samples are asked for.
+SCENE_PARAM = Param(str, None, help="scene id (default: the adapter's scene)")
+
+KIND = CheckKind(
+    name="scene_holds",
+    params={
+        "threshold": Param(float, 0.03, -1.0, 1.0, "contrastive margin the mean must clear"),
+        "samples": Param(int, 12, 2, 512, "samples per prompt"),
+        "scene": SCENE_PARAM,
+    },
+    tolerance=0.02,  # contrastive margin
+    run=run,
+    help="samples stay on the adapter's scene, against the other scenes (and the base)",
+)

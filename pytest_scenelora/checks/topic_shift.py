@@ -22,13 +22,19 @@ for the other two forms).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..scoring import similarity_to
 from ..verdict import CheckInputError, Verdict, decide, pick_worst
-from .registers import RegisterSpace
+from .context import Request
+from .kind import CheckKind, Param
+from .registers import REGISTER_PARAM, RegisterSpace
+
+if TYPE_CHECKING:
+    from ..specs import CheckSpec
+    from .context import CheckContext
 
 __all__ = ["style_survives_topic_shift"]
 
@@ -117,3 +123,47 @@ def style_survives_topic_shift(
     return decide("style_survives_topic_shift", subject, success, threshold, higher_is_better=True,
                   seed=seed, rate=True, confidence=confidence, detail=detail, worst=worst,
                   texts=texts if texts_by_topic is not None else None)
+
+
+def topic_vecs(context: CheckContext, topic: str) -> Any:
+    """What a topic means: its reference texts in every register (a stack of vectors).
+
+    A one-sentence description is a thin target (char n-grams barely match it); the
+    registers' references on the topic are many texts about it in every voice. A topic
+    without references falls back to its description.
+    """
+    world = context.world
+    texts = [r.text for reg in world.registers.values() for r in reg.references if r.topic == topic]
+    return context.embed(texts or [world.topics[topic].description])
+
+
+def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
+    world = context.world
+    topics = list(spec["topics"] or world.topics)
+    texts = context.texts([Request(adapter, context.topic_prompt(world.topics[t]), spec["samples"])
+                           for t in topics])
+    home = context.scene(spec, adapter)
+    return style_survives_topic_shift(
+        {t: context.embed(x) for t, x in zip(topics, texts, strict=True)},
+        {t: topic_vecs(context, t) for t in topics},
+        context.embed_one(home.core),
+        context.register_space(),
+        context.register(spec, adapter),
+        threshold=spec["threshold"], seed=context.seed, subject=adapter,
+        texts_by_topic=dict(zip(topics, texts, strict=True)),
+        topic_titles={t: world.topics[t].title for t in topics},
+    )
+
+
+KIND = CheckKind(
+    name="style_survives_topic_shift",
+    params={
+        "threshold": Param(float, 0.6, 0.0, 1.0, "share of samples on the topic AND in the register"),
+        "samples": Param(int, 4, 1, 256, "samples per topic"),
+        "topics": Param(list, None, help="topic ids (default: every topic)"),
+        "register": REGISTER_PARAM,
+    },
+    tolerance=0.05,  # success rate
+    run=run,
+    help="on other topics the samples follow the topic and keep the adapter's register",
+)

@@ -25,14 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .fsutil import cache_home
-from .prompts import InputMode
-from .scenes import Scene, Split
+from ..fsutil import cache_home
+from ..prompts import InputMode
+from ..scenes import Scene, Split
+from ..verdict import Sample, Status, Verdict, decide
+from .context import Request
+from .kind import CheckKind, Param
+from .registers import REGISTER_PARAM, register_holds
+from .scene import scene_margins
 
 if TYPE_CHECKING:
-    from .runner import SuiteRunner
-    from .suite import CheckSpec, Suite
-    from .verdict import Verdict
+    from ..specs import CheckSpec
+    from .context import CheckContext
 
 
 @dataclass
@@ -100,23 +104,17 @@ def _holds_a_failure(database: Any, trial: Any) -> bool:
     return any(True for _ in database.fetch(function_digest(trial)))
 
 
-def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapter: str) -> Verdict:
+def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
     from hypothesis import HealthCheck, example, given, reject, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
 
-    from .checks.registers import register_holds
-    from .checks.scene import scene_margins
-    from .runner import BATCH_ROWS, Request, scene_request_prompt
-    from .strategies import scenes
-    from .verdict import Sample, Status, decide
+    from ..strategies import scenes
 
-    world = runner.world(suite)
-    register = runner._register(suite, spec, adapter)
-    scorer = runner.scorer(suite)
-    space = runner.register_space(suite)
+    world = context.world
+    register = context.register(spec, adapter)
+    space = context.register_space()
     training = world.scenes.split(Split.TRAIN)
-    distractor_vecs = scorer.embed([s.core for s in training])
-    config = runner.generation_config(suite)
+    distractor_vecs = context.embed([s.core for s in training])
     threshold = spec["threshold"]
     log = _Log()
     samples: list[float] = []
@@ -132,10 +130,11 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
             return
         cores = list(ahead)
         start = cores.index(scene.core)
-        window = [ahead.pop(core) for core in cores[start : start + max(1, BATCH_ROWS // spec["samples"])]]
-        prompts = [scene_request_prompt(s, InputMode.FRAGMENT) for s in window]
-        outputs = runner.texts([Request(adapter, prompt, spec["samples"]) for prompt in prompts], config)
-        scorer.embed([s.core for s in window] + [text for batch in outputs for text in batch])
+        per_batch = max(1, context.batch_rows // spec["samples"])
+        window = [ahead.pop(core) for core in cores[start : start + per_batch]]
+        prompts = [context.scene_prompt(s, InputMode.FRAGMENT) for s in window]
+        outputs = context.texts([Request(adapter, prompt, spec["samples"]) for prompt in prompts])
+        context.embed([s.core for s in window] + [text for batch in outputs for text in batch])
 
     def trial(scene: Scene) -> None:
         if drawn is not None:
@@ -146,12 +145,12 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
                 reject()  # shrinking keeps the smallest failure found so far
             log.shrink_trials += 1
         generate_ahead(scene)
-        prompt = scene_request_prompt(scene, InputMode.FRAGMENT)
-        [outputs] = runner.texts([Request(adapter, prompt, spec["samples"])], config)
-        vecs = scorer.embed(outputs)
+        prompt = context.scene_prompt(scene, InputMode.FRAGMENT)
+        [outputs] = context.texts([Request(adapter, prompt, spec["samples"])])
+        vecs = context.embed(outputs)
         others = [i for i, s in enumerate(training) if s.core != scene.core]
-        margins = scene_margins(vecs, runner._embed_one(suite, scene.core), distractor_vecs[others])
-        verdict = register_holds(vecs, register, space, margins, threshold=threshold, seed=runner.seed,
+        margins = scene_margins(vecs, context.embed_one(scene.core), distractor_vecs[others])
+        verdict = register_holds(vecs, register, space, margins, threshold=threshold, seed=context.seed,
                                  subject=adapter, texts=outputs, check="unseen_scenes",
                                  contexts=[{"scene": scene.core}] * len(outputs))
         rate = float(np.mean(verdict.samples))
@@ -171,7 +170,7 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
     options["database"] = None if os.environ.get("CI") else DirectoryBasedExampleDatabase(
         str(cache_home() / "hypothesis"))
     # one database key per suite, check and adapter identity, so failures replay where they belong
-    identity = f"{suite.path}::{spec.name}::{runner.adapter(adapter).content_hash}"
+    identity = f"{context.suite.path}::{spec.name}::{context.adapter(adapter).content_hash}"
     trial._hypothesis_internal_add_digest = identity.encode()
 
     def wrapped(examples: Sequence[Scene] = (), **overrides: Any) -> Any:
@@ -183,7 +182,7 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
         # database off, and with it the replay of the last failure. (Hypothesis's own
         # ``derandomize`` seeds from a digest of this function's source: every edit of it
         # would change the scenes drawn under CI.)
-        test._hypothesis_internal_use_seed = runner.seed
+        test._hypothesis_internal_use_seed = context.seed
         return test
 
     listed = world.scenes.split(Split.UNSEEN)
@@ -231,7 +230,7 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
         detail["reason"] = f"minimal failing scene: {failure}"
         worst = minimal.verdict.worst or Sample(index=0, score=minimal.rate, text="",
                                                 context={"scene": minimal.scene.core})
-    verdict = decide("unseen_scenes", adapter, samples, threshold, seed=runner.seed, rate=True,
+    verdict = decide("unseen_scenes", adapter, samples, threshold, seed=context.seed, rate=True,
                      texts=texts, contexts=contexts, detail=detail, worst=worst)
     if failure is not None and verdict.passed:
         # pooled rate clears the bar but one scene confidently does not: the property failed
@@ -239,3 +238,17 @@ def run_unseen_scenes(runner: SuiteRunner, suite: Suite, spec: CheckSpec, adapte
 
         verdict = replace(verdict, status=Status.FAIL)
     return verdict
+
+
+KIND = CheckKind(
+    name="unseen_scenes",
+    params={
+        "threshold": Param(float, 0.5, 0.0, 1.0, "share of samples on the scene AND in the register"),
+        "samples": Param(int, 6, 2, 256, "samples per drawn scene"),
+        "examples": Param(int, 5, 1, 200, "Hypothesis examples (scenes drawn)"),
+        "register": REGISTER_PARAM,
+    },
+    tolerance=0.05,  # success rate
+    run=run,
+    help="scenes no training data contains, drawn by Hypothesis, hold in the adapter's register",
+)
