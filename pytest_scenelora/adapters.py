@@ -14,7 +14,10 @@ import functools
 import glob
 import hashlib
 import json
+import math
 import os
+import re
+import stat
 import struct
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -36,7 +39,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 METADATA_KEYS = ("scene", "role", "base_model", "base_fingerprint", "train_data_sha256",
                  "created_with")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
-                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
+                "F8_E5M2": 1}
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -158,18 +162,24 @@ def read_header(path: Path, error: type[Exception] = AdapterFormatError
                 ) -> tuple[dict[str, str], dict[str, TensorEntry], int]:
     """Parse a safetensors header defensively: (metadata, tensors, data start offset).
 
-    Every problem is one line naming *path*, raised as *error* (a base's weights are read
-    with :class:`~.errors.BaseModelError`); the tensors themselves are never touched.
+    Every field's type and range is checked before anything reads tensor bytes: dtypes
+    this module knows, shapes of non-negative integers, offsets that are non-negative,
+    ordered, as long as the shape says, inside the file, and laid end to end with no
+    overlap, gap or trailing bytes (what safetensors itself requires, so a file that
+    passes here is one ``load_file`` reads). Every problem is one line naming *path*,
+    raised as *error* (a base's weights are read with :class:`~.errors.BaseModelError`).
     """
     try:
-        size = path.stat().st_size
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise error(f"{path}: not a regular file; pass a .safetensors file or a PEFT adapter folder")
+        size = status.st_size
+        if size == 0:
+            raise error(f"{path}: the file is empty; save or copy it again")
+        if size < 8:
+            raise error(f"{path}: truncated ({size} bytes), not a safetensors file")
         with open(path, "rb") as fh:
-            prefix = fh.read(8)
-            if size == 0:
-                raise error(f"{path}: the file is empty; save or copy it again")
-            if len(prefix) < 8:
-                raise error(f"{path}: truncated ({size} bytes), not a safetensors file")
-            (header_len,) = struct.unpack("<Q", prefix)
+            (header_len,) = struct.unpack("<Q", fh.read(8))
             if header_len > _MAX_HEADER or header_len > size - 8:
                 raise error(
                     f"{path}: header claims {header_len} bytes but the file has {size}; "
@@ -178,40 +188,132 @@ def read_header(path: Path, error: type[Exception] = AdapterFormatError
             raw = fh.read(header_len)
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) != header_len:
+        raise error(f"{path}: the file changed while it was read; copy it again")
+    header = _parse_header_json(path, raw, error)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise error(f"{path}: __metadata__ is {_kind(metadata)}, not an object of strings")
+    for name, value in metadata.items():
+        if not isinstance(value, str):
+            raise error(f"{path}: __metadata__ {_excerpt(name)} is {_kind(value)}; "
+                        "every metadata value must be a string")
+    data_start = 8 + header_len
+    tensors = {key: _tensor_entry(path, key, entry, data_start, size, error)
+               for key, entry in header.items()}
+    _check_layout(path, tensors, data_start, size, error)
+    return metadata, tensors, data_start
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of two equal keys, safetensors may keep another: refuse both
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_header_json(path: Path, raw: bytes, error: type[Exception]) -> dict[str, Any]:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
+                            parse_constant=_no_constants)
+    except _DuplicateKey as exc:
+        raise error(f"{path}: the safetensors header names {_excerpt(exc.args[0])} twice; "
+                    "the file is corrupt or crafted") from None
+    except RecursionError:
+        raise error(f"{path}: the safetensors header nests too deeply to be a header; "
+                    "the file is corrupt or crafted") from None
+    except (UnicodeDecodeError, ValueError):  # json.JSONDecodeError is a ValueError
         raise error(
             f"{path}: the safetensors header is not JSON; the file is corrupt or not safetensors"
         ) from None
     if not isinstance(header, dict):
-        raise error(f"{path}: the safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise error(f"{path}: __metadata__ must map strings to strings")
-    data_start = 8 + header_len
-    tensors: dict[str, TensorEntry] = {}
-    for key, entry in header.items():
-        try:
-            dtype, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise error(f"{path}: tensor {key!r} has a malformed header entry") from None
-        width = _DTYPE_BYTES.get(dtype)
-        count = 1
-        for dim in shape:
-            count *= int(dim)
-        if width is not None and end - start != count * width:
-            raise error(
-                f"{path}: tensor {key!r} claims shape {list(shape)} {dtype} but holds "
-                f"{end - start} bytes; the file is corrupt"
-            )
-        if data_start + end > size:
-            raise error(
-                f"{path}: truncated: tensor {key!r} ends at byte {data_start + end} "
-                f"of a {size}-byte file; copy or download it again"
-            )
-        tensors[key] = TensorEntry(dtype, shape, data_start + start, data_start + end)
-    return metadata, tensors, data_start
+        raise error(f"{path}: the safetensors header is {_kind(header)}, not a JSON object")
+    return header
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON integer >= 0 (``true`` is an int to Python, not to JSON)."""
+    return type(value) is int and value >= 0
+
+
+def _tensor_entry(path: Path, key: str, entry: Any, data_start: int, size: int,
+                  error: type[Exception]) -> TensorEntry:
+    name = _excerpt(key)
+    if not isinstance(entry, dict):
+        raise error(f"{path}: tensor {name}: its header entry is {_kind(entry)}, not an object")
+    missing = [f for f in ("dtype", "shape", "data_offsets") if f not in entry]
+    if missing:
+        raise error(f"{path}: tensor {name}: its header entry lacks {', '.join(missing)}; "
+                    "the file is corrupt")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
+        raise error(f"{path}: tensor {name} has dtype {_excerpt(dtype)}, which is not a "
+                    f"safetensors dtype this reads ({', '.join(_DTYPE_BYTES)})")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise error(f"{path}: tensor {name} has shape {_excerpt(shape)}; a shape is a list "
+                    "of non-negative integers: the file is corrupt")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise error(f"{path}: tensor {name} has data_offsets {_excerpt(offsets)}; expected "
+                    "[start, end], two non-negative integers: the file is corrupt")
+    start, end = offsets
+    if end < start:
+        raise error(f"{path}: tensor {name} ends (byte {end}) before it starts (byte {start}); "
+                    "the file is corrupt")
+    width = _DTYPE_BYTES[dtype]
+    count = math.prod(shape)
+    if end - start != count * width:
+        raise error(
+            f"{path}: tensor {name} claims shape {shape} {dtype} but holds "
+            f"{end - start} bytes; the file is corrupt"
+        )
+    if data_start + end > size:
+        raise error(
+            f"{path}: truncated: tensor {name} ends at byte {data_start + end} "
+            f"of a {size}-byte file; copy or download it again"
+        )
+    return TensorEntry(dtype, tuple(shape), data_start + start, data_start + end)
+
+
+def _check_layout(path: Path, tensors: Mapping[str, TensorEntry], data_start: int, size: int,
+                  error: type[Exception]) -> None:
+    """Tensors lie end to end from the header on: no overlap (two names for the same
+    bytes), no gap and nothing after the last one (bytes no tensor accounts for)."""
+    position = data_start
+    for key, entry in sorted(tensors.items(), key=lambda item: (item[1].start, item[1].end)):
+        if entry.start < position:
+            raise error(f"{path}: tensor {_excerpt(key)} overlaps the bytes of another tensor "
+                        f"(from byte {entry.start}); the file is corrupt or crafted")
+        if entry.start > position:
+            raise error(f"{path}: bytes {position}-{entry.start} lie between tensors and belong "
+                        "to none; the file is corrupt or crafted")
+        position = entry.end
+    if position != size:
+        raise error(f"{path}: {size - position} bytes follow the last tensor and belong to none; "
+                    "the file is corrupt or crafted")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _excerpt(value: Any, limit: int = 60) -> str:
+    """*value*'s repr, cut: a hostile header can hold megabytes in one name or shape."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def _content_hash(weights: Path, tensors: Mapping[str, TensorEntry], peft_config: dict) -> str:
@@ -255,8 +357,9 @@ def read_adapter(path: str | os.PathLike[str]) -> AdapterInfo:
         )
     try:
         peft_config = json.loads(metadata["peft_config"])
-    except json.JSONDecodeError:
-        raise AdapterFormatError(f"{path}: metadata 'peft_config' is not JSON") from None
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        raise AdapterFormatError(f"{path}: metadata 'peft_config' is not JSON (or nests too "
+                                 "deeply to be a config)") from None
     _check_config(path, peft_config)
     _check_not_empty(path, tensors)
     return AdapterInfo(
@@ -287,9 +390,19 @@ def _read_peft_dir(path: Path) -> AdapterInfo:
             _refuse_pickle(path / "adapter_model.bin")
         raise AdapterFormatError(f"{path}: {PEFT_WEIGHTS} is missing next to {PEFT_CONFIG}")
     try:
-        peft_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterFormatError(f"{config_path}: not valid JSON ({exc})") from None
+        text = config_path.read_bytes() if config_path.stat().st_size <= _MAX_HEADER else None
+    except OSError as exc:
+        raise AdapterFormatError(f"{config_path}: cannot read: {exc.strerror or exc}") from None
+    if text is None:
+        raise AdapterFormatError(f"{config_path}: too large for an adapter config; the folder "
+                                 "is corrupt or crafted")
+    try:
+        peft_config = json.loads(text.decode("utf-8"))
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise AdapterFormatError(f"{config_path}: not valid JSON ({str(exc)[:120]})") from None
+    except RecursionError:
+        raise AdapterFormatError(f"{config_path}: the JSON nests too deeply to be an adapter "
+                                 "config; the folder is corrupt or crafted") from None
     _check_config(config_path, peft_config)
     metadata, tensors, _ = read_header(weights)
     _check_not_empty(weights, tensors)
@@ -309,13 +422,7 @@ def _read_peft_dir(path: Path) -> AdapterInfo:
 def _check_config(path: Path, config: Any) -> None:
     if not isinstance(config, dict):
         raise AdapterFormatError(f"{path}: the PEFT config is not a JSON object")
-    peft_type = str(config.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
-        raise AdapterFormatError(
-            f"{path}: peft_type {peft_type!r} is not LoRA; only LoRA adapters are tested"
-        )
-    if not isinstance(config.get("r"), int) or config["r"] <= 0:
-        raise AdapterFormatError(f"{path}: the LoRA config has no positive integer rank 'r'")
+    lora_kwargs(config, path)
 
 
 def _check_not_empty(path: Path, tensors: Mapping[str, TensorEntry]) -> None:
@@ -363,18 +470,173 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(raw)
 
 
-def lora_config(config: Mapping[str, Any], *, inference: bool = True) -> Any:
-    """A peft.LoraConfig from a stored dict, dropping keys this PEFT version lacks."""
+# ------------------------------------------------------------------- the LoRA config gate
+#
+# Every adapter shares one base model, so an adapter's config must not be able to change
+# that base. lora_kwargs is the one place a stored peft_config becomes LoraConfig
+# arguments, on every path (read_adapter, validate, the library, the naive benchmark).
+# It passes only the fields below; anything else never reaches PEFT.
+
+#: Fields that shape the LoRA layers only, passed as stored (after a type check).
+_PASSED = frozenset({
+    "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "fan_in_fan_out",
+    "use_rslora", "layers_to_transform", "layers_pattern", "rank_pattern",
+    "alpha_pattern", "lora_bias", "ensure_weight_tying",
+})
+
+#: Fields replaced whatever is stored. ``init_lora_weights``: the stored tensors replace
+#: any initialisation, and PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA (and the orthogonal and
+#: MiCA ones, which read it) compute from the base weight, the first four rewriting it in
+#: place. ``bias``: "all" and "lora_only" make the base's own bias vectors part of the
+#: adapter, so loading one would overwrite the shared base's biases (validate reports
+#: such tensors). ``task_type``: this package runs causal LMs, and the first adapter's
+#: task type picks the PeftModel class every later adapter shares.
+_FORCED: dict[str, Any] = {"init_lora_weights": False, "bias": "none", "task_type": "CAUSAL_LM"}
+
+#: Fields dropped: provenance, settings of the initialisations forced off above, and
+#: Megatron's (``megatron_core`` names a module PEFT would import).
+_DROPPED = frozenset({
+    "peft_type", "auto_mapping", "base_model_name_or_path", "revision", "peft_version",
+    "inference_mode", "loftq_config", "eva_config", "corda_config", "lora_ga_config",
+    "runtime_config", "megatron_config", "megatron_core", "qalora_group_size",
+})
+
+#: Fields refused when set: each changes the base or other adapters, or cannot run on one
+#: shared base in PEFT's mixed batches (the library runs every check that way).
+_REFUSED = {
+    "layer_replication": "it rebuilds the base's layer stack, which every adapter shares",
+    "kasa_config": "KaSA truncates the base layers' weights in place",
+    "target_parameters": "it re-parametrizes the base's own weights",
+    "modules_to_save": ("full copies of base modules cannot run next to other adapters in the "
+                        "mixed batches the checks generate with"),
+    "trainable_token_indices": ("trainable tokens wrap the base's embedding for every adapter, and "
+                                "PEFT then cannot load an adapter without them"),
+    "use_dora": ("DoRA cannot run in the mixed batches the checks generate with (PEFT refuses "
+                 "adapter_names with DoRA)"),
+    "arrow_config": "Arrow routes between, and rewrites, the other adapters in the same model",
+    "alora_invocation_tokens": "aLoRA acts only after invocation tokens, which no check's prompt holds",
+    "use_qalora": "QA-LoRA is for GPTQ-quantized layers only",
+    "use_bdlora": "BD-LoRA is a variant scenelora does not test",
+    "velora_config": "VeLoRA is a variant scenelora does not test",
+    "monteclora_config": "MonteCLoRA samples its weights, so outputs would not repeat",
+}
+
+_NAME = re.compile(r"\^?[A-Za-z0-9_.]{1,200}\$?")
+
+
+def _config_error(where: Path | str, message: str) -> AdapterFormatError:
+    return AdapterFormatError(f"{where}: peft_config {message}")
+
+
+def _names(where: Path | str, key: str, value: Any, *, pattern: bool) -> None:
+    """A list of module names. Those PEFT puts into a regular expression (*pattern*) may
+    hold only name characters: a crafted expression can take hours to match."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _config_error(where, f"{key!r} is {_excerpt(value)}; expected a list of module names")
+    bad = next((v for v in value if pattern and not _NAME.fullmatch(v)), None)
+    if bad is not None:
+        raise _config_error(where, f"{key!r} holds {_excerpt(bad)}, which PEFT would apply as a "
+                                   "regular expression; list plain module names instead")
+
+
+def _number(where: Path | str, key: str, value: Any, *, high: float = math.inf) -> None:
+    """A finite JSON number (Python's json reads NaN and Infinity), at least 0 when capped."""
+    low = 0.0 if math.isfinite(high) else -math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not low <= value <= high:
+        expected = f"a number from 0 to {high:g}" if math.isfinite(high) else "a finite number"
+        raise _config_error(where, f"{key!r} is {_excerpt(value)}; expected {expected}")
+
+
+def _check_field(where: Path | str, key: str, value: Any) -> None:
+    if key == "r":
+        if type(value) is not int or value <= 0:
+            raise _config_error(where, f"has no positive integer rank 'r' (found {_excerpt(value)})")
+    elif key == "target_modules":
+        if isinstance(value, str) and value != "all-linear":
+            raise _config_error(
+                where, f"'target_modules' is the string {_excerpt(value)}, which PEFT applies as a "
+                       "regular expression (a crafted one can hang the check); list the module "
+                       'names instead, e.g. ["q_proj", "v_proj"]')
+        if not isinstance(value, str):
+            _names(where, key, value, pattern=False)
+    elif key == "exclude_modules":
+        if isinstance(value, str):
+            raise _config_error(
+                where, f"'exclude_modules' is the string {_excerpt(value)}, which PEFT applies as a "
+                       "regular expression; list the module names instead")
+        _names(where, key, value, pattern=False)
+    elif key == "layers_pattern":
+        _names(where, key, [value] if isinstance(value, str) else value, pattern=True)
+    elif key in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(value, dict):
+            raise _config_error(where, f"{key!r} is {_excerpt(value)}; expected an object")
+        _names(where, key, list(value), pattern=True)
+        for number in value.values():
+            if key == "alpha_pattern":
+                _number(where, key, number)
+            elif type(number) is not int or number <= 0:
+                raise _config_error(where, f"'rank_pattern' gives rank {_excerpt(number)}; "
+                                           "expected a positive integer")
+    elif key == "lora_alpha":
+        _number(where, key, value)
+    elif key == "lora_dropout":
+        _number(where, key, value, high=1.0)
+    elif key == "layers_to_transform":
+        items = [value] if type(value) is int else value
+        if not isinstance(items, list) or not all(_is_count(i) for i in items):
+            raise _config_error(where, f"'layers_to_transform' is {_excerpt(value)}; expected "
+                                       "layer indices (non-negative integers)")
+    elif not isinstance(value, bool):  # fan_in_fan_out, use_rslora, lora_bias, ensure_weight_tying
+        raise _config_error(where, f"{key!r} is {_excerpt(value)}; expected true or false")
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, False, "", [], {})
+
+
+def lora_kwargs(config: Mapping[str, Any], where: Path | str = "adapter") -> dict[str, Any]:
+    """The LoraConfig arguments a stored *config* may give, checked; the one gate.
+
+    Passes only fields that shape the LoRA layers, forces the initialisation off and the
+    task to a causal LM, drops provenance and initialisation settings, and refuses
+    (:class:`AdapterFormatError`, one line naming *where*) a field that would change the
+    shared base or that a shared base cannot run. Fields this package does not know are
+    never passed; :func:`ignored_config_keys` names those that were set. No PEFT import:
+    :func:`read_adapter` runs it on every file it reads.
+    """
+    peft_type = str(config.get("peft_type") or "LORA").upper()
+    if peft_type != "LORA":
+        raise AdapterFormatError(
+            f"{where}: peft_type {_excerpt(peft_type)} is not LoRA; only LoRA adapters are tested"
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in _REFUSED and _is_set(value):
+            raise _config_error(where, f"sets {key!r}: {_REFUSED[key]}; retrain without it")
+        if key in _PASSED and value is not None:
+            _check_field(where, key, value)
+            kwargs[key] = value
+    if "r" not in kwargs:
+        raise _config_error(where, "has no positive integer rank 'r'")
+    return {**kwargs, **_FORCED}
+
+
+def ignored_config_keys(config: Mapping[str, Any]) -> list[str]:
+    """Keys of *config* that are set but that :func:`lora_kwargs` does not pass on."""
+    known = _PASSED | _DROPPED | set(_FORCED) | set(_REFUSED)
+    return sorted(k for k, v in config.items() if k not in known and _is_set(v))
+
+
+def lora_config(config: Mapping[str, Any], *, inference: bool = True,
+                where: Path | str = "adapter") -> Any:
+    """A peft.LoraConfig from a stored dict, through :func:`lora_kwargs`."""
     import dataclasses
 
     from peft import LoraConfig
 
     known = {f.name for f in dataclasses.fields(LoraConfig)}
-    # base_model_name_or_path is provenance (kept in our metadata), not configuration:
-    # PEFT warns when it differs from the base it is attached to, which here is the rule
-    dropped = ("peft_type", "auto_mapping", "base_model_name_or_path", "revision")
-    kwargs = {k: v for k, v in config.items() if k in known and k not in dropped}
-    kwargs["task_type"] = kwargs.get("task_type") or "CAUSAL_LM"
+    kwargs = {k: v for k, v in lora_kwargs(config, where).items() if k in known}
     kwargs["inference_mode"] = inference
     return LoraConfig(**kwargs)
 
@@ -557,6 +819,17 @@ def validate(info: AdapterInfo, base_dir: Path, base_fingerprint: str | None = N
 
     found = Validation()
     where = info.path
+    try:  # an AdapterInfo made by hand has not been through read_adapter's check
+        lora_kwargs(info.peft_config, where)
+    except AdapterFormatError as exc:
+        found.errors.append(str(exc))
+        return found
+    ignored = ignored_config_keys(info.peft_config)
+    if ignored:
+        found.warnings.append(
+            f"{where}: peft_config sets {', '.join(map(_excerpt, ignored))}, which scenelora does "
+            "not know and does not pass to PEFT; the adapter is tested without them"
+        )
     try:
         expected = expected_tensors(base_dir, info.peft_config)
     except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model."
@@ -571,7 +844,14 @@ def validate(info: AdapterInfo, base_dir: Path, base_fingerprint: str | None = N
             f"{where}: {len(missing)} tensor(s) missing for its LoRA config, e.g. {missing[0]!r}; "
             "the file is incomplete or its peft_config does not describe it"
         )
-    if unexpected:
+    base_own = [k for k in unexpected if k.endswith(".bias") and ".lora_" not in k]
+    if base_own and str(info.peft_config.get("bias", "none")) != "none":
+        found.errors.append(
+            f"{where}: holds {len(base_own)} bias vector(s) of the base itself (bias="
+            f"{_excerpt(info.peft_config.get('bias'))}), e.g. {_excerpt(base_own[0])}: loading them "
+            "would overwrite the base every other adapter shares; retrain with bias='none'"
+        )
+    elif unexpected:
         found.errors.append(
             f"{where}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]!r}; "
             "they would be silently ignored by PEFT, so the adapter is not what it claims"

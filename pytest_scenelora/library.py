@@ -113,7 +113,7 @@ class AdapterLibrary:
         check.raise_first()
         tensors = fmt.load_tensors(info)
         key = self._new_key()
-        config = fmt.lora_config(info.peft_config)
+        config = fmt.lora_config(info.peft_config, where=info.path)
         if self._peft is None:
             from .models import peft_wrapping_quietly
 
@@ -275,6 +275,30 @@ class AdapterLibrary:
             out = runner(input_ids=encoded["input_ids"].to(device), attention_mask=mask,
                          position_ids=positions, **extra)
         return out.logits[:, -1, :].float().cpu()
+
+
+#: State-dict name parts that are PEFT's own: an adapter's tensors ...
+_ADAPTER_PARTS = ("lora_", "modules_to_save", "trainable_tokens_")
+#: ... and the wrappers PEFT puts around a base module, which hold the base's tensors.
+_WRAPPER_PARTS = frozenset({"base_layer", "original_module", "token_adapter"})
+
+
+def base_tensors(model: Any) -> dict[str, Any]:
+    """The base model's own tensors under the names it had before PEFT wrapped it.
+
+    *model* is a base model, a PeftModel, or a library's ``model``. Whatever adapters are
+    attached, these must stay bit-identical to a fresh load of the base: every adapter
+    and the base rows of a session run on them, and results are cached under the base's
+    hash. The tests compare them before and after attaching hostile adapters.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own: dict[str, Any] = {}
+    for name, tensor in inner.state_dict().items():
+        parts = name.split(".")
+        if any(part.startswith(_ADAPTER_PARTS) for part in parts):
+            continue
+        own[".".join(part for part in parts if part not in _WRAPPER_PARTS)] = tensor
+    return own
 
 
 @dataclass(frozen=True)
