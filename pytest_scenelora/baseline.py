@@ -1,7 +1,7 @@
 """The gate: this run against a stored baseline, check by check.
 
 A check *regresses* when its score moves the wrong way by more than its ``tolerance``
-(a per-check suite key, :data:`~.suite.TOLERANCES` by default) **and** the move is
+(a per-check suite key; by default its kind's, :attr:`~.checks.kind.CheckKind.tolerance`) **and** the move is
 significant: the confidence interval of the change, from a paired bootstrap over the
 per-sample scores, excludes zero. Samples are seeded, so sample *i* of the baseline and
 sample *i* of the candidate answer the same prompt with the same seed; pairing them

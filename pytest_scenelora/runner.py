@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import shipped
 from .cache import ResultCache, generation_key
@@ -30,7 +30,8 @@ from .specs import CheckSpec, Scorer, Suite, SuiteError
 if TYPE_CHECKING:
     from .adapters import AdapterInfo
     from .library import AdapterLibrary
-    from .session import SceneSession
+    from .models import LoadedBase
+    from .settings import Settings
     from .verdict import Verdict
 
 #: Rows per generation batch on CPU; on CUDA it is chosen from free memory.
@@ -60,12 +61,26 @@ __all__ = ["BATCH_ROWS", "SHARED_CHUNK", "AdapterIdentity", "Request", "SuiteRun
            "scene_request_prompt", "topic_request_prompt"]
 
 
+class Session(Protocol):
+    """What the runner needs of the run (a :class:`~.session.SceneSession`): its settings,
+    its adapters' files, and the base and library it loads on first use."""
+
+    settings: Settings
+    adapter_paths: list[Path]
+
+    @property
+    def base(self) -> LoadedBase: ...
+
+    @property
+    def library(self) -> AdapterLibrary: ...
+
+
 class SuiteRunner:
     """Runs a suite's checks on adapters; the engine behind every :class:`CheckContext`."""
 
     BATCH_ROWS = BATCH_ROWS
 
-    def __init__(self, session: SceneSession, cache: ResultCache | None = None) -> None:
+    def __init__(self, session: Session, cache: ResultCache | None = None) -> None:
         self.session = session
         self.cache = cache or ResultCache()
         self.generated = 0

@@ -2,8 +2,10 @@
 
 A suite is recognised by a top-level ``checks:`` line (so a CI workflow or any other YAML
 is never collected), read with the line-recording loader of :mod:`.scenes`, and
-validated against the schema below. Every error is one line, ``path:line: what is wrong,
-and what to write instead``. Nothing from YAML is ever evaluated.
+validated against the schema of each check's kind (:class:`~.checks.kind.CheckKind`: the
+shipped kinds, and under pytest those the ``pytest_scenelora_check_kinds`` hook adds).
+Every error is one line, ``path:line: what is wrong, and what to write instead``.
+Nothing from YAML is ever evaluated.
 """
 
 from __future__ import annotations
@@ -24,9 +26,6 @@ __all__ = ["CheckSpec", "GenerationSpec", "Param", "Scorer", "Suite", "SuiteErro
            "is_suite", "load_suite"]
 
 SUITE_MARKER = re.compile(r"^checks\s*:", re.MULTILINE)
-
-
-COMMON = {"kind", "name"}
 
 
 class _SuiteReader(_Reader):

@@ -8,13 +8,15 @@ being met regresses against a stored baseline.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def readme_example() -> str:
@@ -103,3 +105,25 @@ def test_a_kind_that_reuses_a_shipped_name_is_a_collection_error(pytester, proje
     out = result.stdout.str()
     assert "check kind 'scene_holds' is registered twice; give one of them another name" in out, out
     assert "INTERNALERROR" not in out
+
+
+def test_a_kind_with_a_parameter_of_no_known_type_is_a_collection_error(pytester, project, tiny_base_dir) -> None:
+    pytester.makeconftest(readme_example().replace('"min_words": Param(int, 1, 0, 1000,',
+                                                   '"min_words": Param(dict, 1, 0, 1000,'))
+    pytester.makefile(".yaml", suite=suite(0, 10))
+    result = run(pytester, project, tiny_base_dir)
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "check kind 'length_band': parameter 'min_words' must be a Param of int, float, str or list" in out
+    assert "INTERNALERROR" not in out
+
+
+def test_the_check_kinds_reach_the_runner_only_through_the_context() -> None:
+    """No module of ``checks/`` imports the runner (or the session): a kind, shipped or a
+    project's, has the public :class:`CheckContext` and nothing else of the run."""
+    for path in sorted((ROOT / "pytest_scenelora" / "checks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                assert module.rpartition(".")[2] not in ("runner", "session", "plugin", "items"), \
+                    f"{path.name} imports {module}"
