@@ -482,6 +482,9 @@ _PASSED = frozenset({
     "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "fan_in_fan_out",
     "use_rslora", "layers_to_transform", "layers_pattern", "rank_pattern",
     "alpha_pattern", "lora_bias", "ensure_weight_tying",
+    # copies of whole base modules (``--allow-embedding-training``): the base's own module
+    # is left as it is; the library refuses to run them in its mixed batches
+    "modules_to_save",
 })
 
 #: Fields replaced whatever is stored. ``init_lora_weights``: the stored tensors replace
@@ -507,8 +510,6 @@ _REFUSED = {
     "layer_replication": "it rebuilds the base's layer stack, which every adapter shares",
     "kasa_config": "KaSA truncates the base layers' weights in place",
     "target_parameters": "it re-parametrizes the base's own weights",
-    "modules_to_save": ("full copies of base modules cannot run next to other adapters in the "
-                        "mixed batches the checks generate with"),
     "trainable_token_indices": ("trainable tokens wrap the base's embedding for every adapter, and "
                                 "PEFT then cannot load an adapter without them"),
     "use_dora": ("DoRA cannot run in the mixed batches the checks generate with (PEFT refuses "
@@ -560,6 +561,8 @@ def _check_field(where: Path | str, key: str, value: Any) -> None:
                        'names instead, e.g. ["q_proj", "v_proj"]')
         if not isinstance(value, str):
             _names(where, key, value, pattern=False)
+    elif key == "modules_to_save":
+        _names(where, key, value, pattern=False)
     elif key == "exclude_modules":
         if isinstance(value, str):
             raise _config_error(

@@ -111,6 +111,12 @@ class AdapterLibrary:
             raise LibraryError(f"{info.path}: an adapter named {name!r} is already in the library")
         check = fmt.validate(info, self.base.path, self.base.fingerprint)
         check.raise_first()
+        saved = info.peft_config.get("modules_to_save")
+        if saved:
+            raise LibraryError(
+                f"{info.path}: the adapter saves whole modules ({', '.join(saved)}), which PEFT "
+                "cannot run next to other adapters in the mixed batches the library generates with; "
+                "test a LoRA-only adapter (trained without --allow-embedding-training)")
         tensors = fmt.load_tensors(info)
         key = self._new_key()
         config = fmt.lora_config(info.peft_config, where=info.path)
@@ -246,15 +252,17 @@ class AdapterLibrary:
         *,
         config: GenerationConfig = DEFAULT_CONFIG,
         seeds: Sequence[int] | None = None,
+        trace: list[list[tuple[int, float]]] | None = None,
     ) -> list[str]:
         """Generate for each prompt in one batch.
 
         *adapters* is one name for every row, or one name per row (a mixed batch); None
         (for all or for a row) is the base alone; omitted, the active adapter speaks.
+        *trace* receives each row's picks and their margins (see :func:`generation.generate`).
         """
         keys = self._row_keys(adapters, len(prompts))
         return generate(self.model, self.base.tokenizer, prompts, adapter_names=keys,
-                        config=config, seeds=seeds)
+                        config=config, seeds=seeds, trace=trace)
 
     def logits(self, prompts: Sequence[str], adapters: Rows = ACTIVE, *, model: Any = None) -> Any:
         """Next-token logits after each prompt (float32, on CPU), one row per prompt."""

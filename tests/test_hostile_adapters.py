@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from pytest_scenelora import adapters as fmt
-from pytest_scenelora.errors import AdapterFormatError, AdapterMismatchError
+from pytest_scenelora.errors import AdapterFormatError, AdapterMismatchError, LibraryError
 from pytest_scenelora.library import AdapterLibrary, base_tensors
 
 PROMPTS = ["Topic: a quiet harbour at night\n", "Scene: Δ42\n"]
@@ -192,7 +192,6 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "target regex": ({"target_modules": ".*(v|o)_proj"}, "list the module names"),
     "target catastrophic regex": ({"target_modules": "(a|aa)+$"}, "regular expression"),
     "exclude regex": ({"exclude_modules": "(a+)+$"}, "regular expression"),
-    "modules_to_save": ({"modules_to_save": ["lm_head"]}, "full copies of base modules"),
     "layers_pattern regex": ({"layers_to_transform": [0], "layers_pattern": "(x+)+y"},
                              "regular expression"),
     "rank_pattern regex": ({"rank_pattern": {"(a|a)*c": 4}}, "regular expression"),
@@ -249,6 +248,25 @@ def test_a_config_that_would_alter_or_hang_the_base_is_one_line_naming_the_file(
         fmt.lora_config(config, where=path)
     library.add(good.path)
     assert library.names == ["Δ42_good"]
+    assert changed_tensors(before, library.model) == []
+
+
+def test_an_adapter_that_saves_whole_modules_is_read_but_not_run_in_a_mixed_batch_library(
+        tiny_base, tiny_base_dir, tmp_path) -> None:
+    """``--allow-embedding-training`` saves a copy of the LM head: the file is a valid adapter
+    (``inspect`` reads it), but the library, which runs every check in mixed batches, refuses
+    it in one line, and the base stays as it was."""
+    from pytest_scenelora.training import TrainSpec, train
+
+    info = train(TrainSpec(scene="Δ42", role="poetic", base=str(tiny_base_dir), target_modules=("v_proj",),
+                           modules_to_save=("lm_head",), allow_embedding_training=True, steps=2, r=4,
+                           batch_size=4, max_length=32, device="cpu"), tmp_path, cache=False).info
+    assert fmt.read_adapter(info.path).peft_config["modules_to_save"] == ["lm_head"]
+    before = snapshot(tiny_base.model)
+    library = AdapterLibrary(tiny_base)
+    with pytest.raises(LibraryError, match=r"saves whole modules \(lm_head\).*mixed batches") as caught:
+        library.add(info.path)
+    assert str(caught.value).startswith(f"{info.path}: ") and "\n" not in str(caught.value)
     assert changed_tensors(before, library.model) == []
 
 
