@@ -17,8 +17,6 @@ import json
 import math
 import os
 import re
-import stat
-import struct
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import AdapterFormatError, AdapterMismatchError, UnsafeFormatError
 from .fsutil import atomic_dir, atomic_path, canonical_json
+from .safetensors_header import MAX_HEADER, TensorEntry, excerpt, is_count, read_header
 
 if TYPE_CHECKING:
     import torch
@@ -38,27 +37,11 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 METADATA_KEYS = ("scene", "role", "base_model", "base_fingerprint", "train_data_sha256",
                  "created_with")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
-                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1,
-                "F8_E5M2": 1}
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 class AdapterFormat(str, enum.Enum):
     FILE = "file"
     PEFT_DIR = "peft-dir"
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offsets in the weights file
-    end: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
 
 
 @dataclass(frozen=True)
@@ -158,164 +141,6 @@ def _refuse_pickle(path: Path) -> None:
     )
 
 
-def read_header(path: Path, error: type[Exception] = AdapterFormatError
-                ) -> tuple[dict[str, str], dict[str, TensorEntry], int]:
-    """Parse a safetensors header defensively: (metadata, tensors, data start offset).
-
-    Every field's type and range is checked before anything reads tensor bytes: dtypes
-    this module knows, shapes of non-negative integers, offsets that are non-negative,
-    ordered, as long as the shape says, inside the file, and laid end to end with no
-    overlap, gap or trailing bytes (what safetensors itself requires, so a file that
-    passes here is one ``load_file`` reads). Every problem is one line naming *path*,
-    raised as *error* (a base's weights are read with :class:`~.errors.BaseModelError`).
-    """
-    try:
-        status = path.stat()
-        if not stat.S_ISREG(status.st_mode):
-            raise error(f"{path}: not a regular file; pass a .safetensors file or a PEFT adapter folder")
-        size = status.st_size
-        if size == 0:
-            raise error(f"{path}: the file is empty; save or copy it again")
-        if size < 8:
-            raise error(f"{path}: truncated ({size} bytes), not a safetensors file")
-        with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if header_len > _MAX_HEADER or header_len > size - 8:
-                raise error(
-                    f"{path}: header claims {header_len} bytes but the file has {size}; "
-                    "the file is corrupt or not safetensors"
-                )
-            raw = fh.read(header_len)
-    except OSError as exc:
-        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) != header_len:
-        raise error(f"{path}: the file changed while it was read; copy it again")
-    header = _parse_header_json(path, raw, error)
-    metadata = header.pop("__metadata__", None)
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise error(f"{path}: __metadata__ is {_kind(metadata)}, not an object of strings")
-    for name, value in metadata.items():
-        if not isinstance(value, str):
-            raise error(f"{path}: __metadata__ {_excerpt(name)} is {_kind(value)}; "
-                        "every metadata value must be a string")
-    data_start = 8 + header_len
-    tensors = {key: _tensor_entry(path, key, entry, data_start, size, error)
-               for key, entry in header.items()}
-    _check_layout(path, tensors, data_start, size, error)
-    return metadata, tensors, data_start
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of two equal keys, safetensors may keep another: refuse both
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise _DuplicateKey(key)
-        found[key] = value
-    return found
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _parse_header_json(path: Path, raw: bytes, error: type[Exception]) -> dict[str, Any]:
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
-                            parse_constant=_no_constants)
-    except _DuplicateKey as exc:
-        raise error(f"{path}: the safetensors header names {_excerpt(exc.args[0])} twice; "
-                    "the file is corrupt or crafted") from None
-    except RecursionError:
-        raise error(f"{path}: the safetensors header nests too deeply to be a header; "
-                    "the file is corrupt or crafted") from None
-    except (UnicodeDecodeError, ValueError):  # json.JSONDecodeError is a ValueError
-        raise error(
-            f"{path}: the safetensors header is not JSON; the file is corrupt or not safetensors"
-        ) from None
-    if not isinstance(header, dict):
-        raise error(f"{path}: the safetensors header is {_kind(header)}, not a JSON object")
-    return header
-
-
-def _is_count(value: Any) -> bool:
-    """A JSON integer >= 0 (``true`` is an int to Python, not to JSON)."""
-    return type(value) is int and value >= 0
-
-
-def _tensor_entry(path: Path, key: str, entry: Any, data_start: int, size: int,
-                  error: type[Exception]) -> TensorEntry:
-    name = _excerpt(key)
-    if not isinstance(entry, dict):
-        raise error(f"{path}: tensor {name}: its header entry is {_kind(entry)}, not an object")
-    missing = [f for f in ("dtype", "shape", "data_offsets") if f not in entry]
-    if missing:
-        raise error(f"{path}: tensor {name}: its header entry lacks {', '.join(missing)}; "
-                    "the file is corrupt")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
-        raise error(f"{path}: tensor {name} has dtype {_excerpt(dtype)}, which is not a "
-                    f"safetensors dtype this reads ({', '.join(_DTYPE_BYTES)})")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise error(f"{path}: tensor {name} has shape {_excerpt(shape)}; a shape is a list "
-                    "of non-negative integers: the file is corrupt")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
-        raise error(f"{path}: tensor {name} has data_offsets {_excerpt(offsets)}; expected "
-                    "[start, end], two non-negative integers: the file is corrupt")
-    start, end = offsets
-    if end < start:
-        raise error(f"{path}: tensor {name} ends (byte {end}) before it starts (byte {start}); "
-                    "the file is corrupt")
-    width = _DTYPE_BYTES[dtype]
-    count = math.prod(shape)
-    if end - start != count * width:
-        raise error(
-            f"{path}: tensor {name} claims shape {shape} {dtype} but holds "
-            f"{end - start} bytes; the file is corrupt"
-        )
-    if data_start + end > size:
-        raise error(
-            f"{path}: truncated: tensor {name} ends at byte {data_start + end} "
-            f"of a {size}-byte file; copy or download it again"
-        )
-    return TensorEntry(dtype, tuple(shape), data_start + start, data_start + end)
-
-
-def _check_layout(path: Path, tensors: Mapping[str, TensorEntry], data_start: int, size: int,
-                  error: type[Exception]) -> None:
-    """Tensors lie end to end from the header on: no overlap (two names for the same
-    bytes), no gap and nothing after the last one (bytes no tensor accounts for)."""
-    position = data_start
-    for key, entry in sorted(tensors.items(), key=lambda item: (item[1].start, item[1].end)):
-        if entry.start < position:
-            raise error(f"{path}: tensor {_excerpt(key)} overlaps the bytes of another tensor "
-                        f"(from byte {entry.start}); the file is corrupt or crafted")
-        if entry.start > position:
-            raise error(f"{path}: bytes {position}-{entry.start} lie between tensors and belong "
-                        "to none; the file is corrupt or crafted")
-        position = entry.end
-    if position != size:
-        raise error(f"{path}: {size - position} bytes follow the last tensor and belong to none; "
-                    "the file is corrupt or crafted")
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _excerpt(value: Any, limit: int = 60) -> str:
-    """*value*'s repr, cut: a hostile header can hold megabytes in one name or shape."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
-
-
 def _content_hash(weights: Path, tensors: Mapping[str, TensorEntry], peft_config: dict) -> str:
     """sha256 over the LoRA config and every tensor's name, dtype, shape and bytes.
 
@@ -390,7 +215,7 @@ def _read_peft_dir(path: Path) -> AdapterInfo:
             _refuse_pickle(path / "adapter_model.bin")
         raise AdapterFormatError(f"{path}: {PEFT_WEIGHTS} is missing next to {PEFT_CONFIG}")
     try:
-        text = config_path.read_bytes() if config_path.stat().st_size <= _MAX_HEADER else None
+        text = config_path.read_bytes() if config_path.stat().st_size <= MAX_HEADER else None
     except OSError as exc:
         raise AdapterFormatError(f"{config_path}: cannot read: {exc.strerror or exc}") from None
     if text is None:
@@ -533,10 +358,10 @@ def _names(where: Path | str, key: str, value: Any, *, pattern: bool) -> None:
     """A list of module names. Those PEFT puts into a regular expression (*pattern*) may
     hold only name characters: a crafted expression can take hours to match."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _config_error(where, f"{key!r} is {_excerpt(value)}; expected a list of module names")
+        raise _config_error(where, f"{key!r} is {excerpt(value)}; expected a list of module names")
     bad = next((v for v in value if pattern and not _NAME.fullmatch(v)), None)
     if bad is not None:
-        raise _config_error(where, f"{key!r} holds {_excerpt(bad)}, which PEFT would apply as a "
+        raise _config_error(where, f"{key!r} holds {excerpt(bad)}, which PEFT would apply as a "
                                    "regular expression; list plain module names instead")
 
 
@@ -546,17 +371,17 @@ def _number(where: Path | str, key: str, value: Any, *, high: float = math.inf) 
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or not low <= value <= high:
         expected = f"a number from 0 to {high:g}" if math.isfinite(high) else "a finite number"
-        raise _config_error(where, f"{key!r} is {_excerpt(value)}; expected {expected}")
+        raise _config_error(where, f"{key!r} is {excerpt(value)}; expected {expected}")
 
 
 def _check_field(where: Path | str, key: str, value: Any) -> None:
     if key == "r":
         if type(value) is not int or value <= 0:
-            raise _config_error(where, f"has no positive integer rank 'r' (found {_excerpt(value)})")
+            raise _config_error(where, f"has no positive integer rank 'r' (found {excerpt(value)})")
     elif key == "target_modules":
         if isinstance(value, str) and value != "all-linear":
             raise _config_error(
-                where, f"'target_modules' is the string {_excerpt(value)}, which PEFT applies as a "
+                where, f"'target_modules' is the string {excerpt(value)}, which PEFT applies as a "
                        "regular expression (a crafted one can hang the check); list the module "
                        'names instead, e.g. ["q_proj", "v_proj"]')
         if not isinstance(value, str):
@@ -566,20 +391,20 @@ def _check_field(where: Path | str, key: str, value: Any) -> None:
     elif key == "exclude_modules":
         if isinstance(value, str):
             raise _config_error(
-                where, f"'exclude_modules' is the string {_excerpt(value)}, which PEFT applies as a "
+                where, f"'exclude_modules' is the string {excerpt(value)}, which PEFT applies as a "
                        "regular expression; list the module names instead")
         _names(where, key, value, pattern=False)
     elif key == "layers_pattern":
         _names(where, key, [value] if isinstance(value, str) else value, pattern=True)
     elif key in ("rank_pattern", "alpha_pattern"):
         if not isinstance(value, dict):
-            raise _config_error(where, f"{key!r} is {_excerpt(value)}; expected an object")
+            raise _config_error(where, f"{key!r} is {excerpt(value)}; expected an object")
         _names(where, key, list(value), pattern=True)
         for number in value.values():
             if key == "alpha_pattern":
                 _number(where, key, number)
             elif type(number) is not int or number <= 0:
-                raise _config_error(where, f"'rank_pattern' gives rank {_excerpt(number)}; "
+                raise _config_error(where, f"'rank_pattern' gives rank {excerpt(number)}; "
                                            "expected a positive integer")
     elif key == "lora_alpha":
         _number(where, key, value)
@@ -587,11 +412,11 @@ def _check_field(where: Path | str, key: str, value: Any) -> None:
         _number(where, key, value, high=1.0)
     elif key == "layers_to_transform":
         items = [value] if type(value) is int else value
-        if not isinstance(items, list) or not all(_is_count(i) for i in items):
-            raise _config_error(where, f"'layers_to_transform' is {_excerpt(value)}; expected "
+        if not isinstance(items, list) or not all(is_count(i) for i in items):
+            raise _config_error(where, f"'layers_to_transform' is {excerpt(value)}; expected "
                                        "layer indices (non-negative integers)")
     elif not isinstance(value, bool):  # fan_in_fan_out, use_rslora, lora_bias, ensure_weight_tying
-        raise _config_error(where, f"{key!r} is {_excerpt(value)}; expected true or false")
+        raise _config_error(where, f"{key!r} is {excerpt(value)}; expected true or false")
 
 
 def _is_set(value: Any) -> bool:
@@ -611,7 +436,7 @@ def lora_kwargs(config: Mapping[str, Any], where: Path | str = "adapter") -> dic
     peft_type = str(config.get("peft_type") or "LORA").upper()
     if peft_type != "LORA":
         raise AdapterFormatError(
-            f"{where}: peft_type {_excerpt(peft_type)} is not LoRA; only LoRA adapters are tested"
+            f"{where}: peft_type {excerpt(peft_type)} is not LoRA; only LoRA adapters are tested"
         )
     kwargs: dict[str, Any] = {}
     for key, value in config.items():
@@ -802,7 +627,7 @@ def _expected_tensors(base_dir: str, config_json: str) -> dict[str, tuple[int, .
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import peft_wrapping_quietly
+    from .quiet import peft_wrapping_quietly
 
     config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
     with torch.device("meta"), peft_wrapping_quietly():
@@ -830,7 +655,7 @@ def validate(info: AdapterInfo, base_dir: Path, base_fingerprint: str | None = N
     ignored = ignored_config_keys(info.peft_config)
     if ignored:
         found.warnings.append(
-            f"{where}: peft_config sets {', '.join(map(_excerpt, ignored))}, which scenelora does "
+            f"{where}: peft_config sets {', '.join(map(excerpt, ignored))}, which scenelora does "
             "not know and does not pass to PEFT; the adapter is tested without them"
         )
     try:
@@ -851,7 +676,7 @@ def validate(info: AdapterInfo, base_dir: Path, base_fingerprint: str | None = N
     if base_own and str(info.peft_config.get("bias", "none")) != "none":
         found.errors.append(
             f"{where}: holds {len(base_own)} bias vector(s) of the base itself (bias="
-            f"{_excerpt(info.peft_config.get('bias'))}), e.g. {_excerpt(base_own[0])}: loading them "
+            f"{excerpt(info.peft_config.get('bias'))}), e.g. {excerpt(base_own[0])}: loading them "
             "would overwrite the base every other adapter shares; retrain with bias='none'"
         )
     elif unexpected:

@@ -121,7 +121,7 @@ class AdapterLibrary:
         key = self._new_key()
         config = fmt.lora_config(info.peft_config, where=info.path)
         if self._peft is None:
-            from .models import peft_wrapping_quietly
+            from .quiet import peft_wrapping_quietly
 
             with peft_wrapping_quietly():
                 self._peft = get_peft_model(self.base.model, config, adapter_name=key)

@@ -171,7 +171,7 @@ def build_tiny_base(
     """
     import torch
 
-    from .models import quiet_transformers
+    from .quiet import quiet_transformers
 
     quiet_transformers()
     recipe = {**RECIPE, **(recipe or {})}

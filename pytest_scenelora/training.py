@@ -52,8 +52,9 @@ from .fsutil import (
     sha256_bytes,
     sha256_file,
 )
-from .models import TINY, Device, Quantization, peft_wrapping_quietly
+from .models import TINY, Device, Quantization
 from .prompts import InputMode, scene_prompt, topic_prompt
+from .quiet import peft_wrapping_quietly
 from .threads import fixed_team_size
 
 if TYPE_CHECKING:
