@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .results import record_order
+
 #: Characters a terminal or a CI log acts on instead of showing: C0 and C1 controls (ESC
 #: starts colour, cursor and hyperlink sequences) and the bidirectional overrides that
 #: make text read differently from what it holds.
@@ -90,12 +92,6 @@ STATUS_STYLE = {"pass": ("PASS", "green"), "fail": ("FAIL", "bold red"),
                 "inconclusive": ("INCONCL", "yellow")}
 CHANGE_STYLE = {"regressed": ("▼", "bold red"), "improved": ("▲", "green")}
 BAR_WIDTH = 11
-
-
-def record_order(record: Mapping[str, Any]) -> tuple[str, int, str, str]:
-    """Suite file, then the check's line in it, then the adapter: the order a reader expects."""
-    return (str(record.get("suite", "")), int(record.get("line") or 0),
-            str(record.get("adapter") or record["verdict"]["subject"]), str(record.get("id", "")))
 
 
 def column_name(record: Mapping[str, Any]) -> str:

@@ -82,6 +82,12 @@ def summary_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     }
 
 
+def record_order(record: Mapping[str, Any]) -> tuple[str, int, str, str]:
+    """Suite file, then the check's line in it, then the adapter: the order a reader expects."""
+    return (str(record.get("suite", "")), int(record.get("line") or 0),
+            str(record.get("adapter") or record["verdict"]["subject"]), str(record.get("id", "")))
+
+
 def build_document(
     records: Iterable[Mapping[str, Any]],
     *,
@@ -94,8 +100,6 @@ def build_document(
     The adapters and base blocks are gathered from the records: under pytest-xdist only
     the workers load models, and each record carries what its worker saw.
     """
-    from .report import record_order
-
     ordered = sorted(records, key=record_order)
     adapters: dict[str, Any] = {}
     base: dict[str, Any] | None = None
@@ -182,8 +186,6 @@ def merge_documents(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> di
     ran = {r["id"] for r in new["results"]}
     kept = [r for r in old["results"] if r["id"] not in ran]
     merged = dict(new)
-    from .report import record_order
-
     merged["results"] = sorted([*new["results"], *kept], key=record_order)
     merged["adapters"] = dict(sorted({**old.get("adapters", {}), **new.get("adapters", {})}.items()))
     merged["summary"] = summary_counts(merged["results"])
