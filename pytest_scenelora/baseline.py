@@ -27,6 +27,7 @@ import numpy as np
 
 from .fsutil import file_lock
 from .results import load_document, merge_documents, write_document
+from .verdict import fmt_number
 
 __all__ = ["Change", "Comparison", "compare_documents", "compare_record", "paired_bootstrap",
            "record_tolerance", "update_baseline"]
@@ -112,16 +113,17 @@ class Comparison:
         head = f"{self.adapter} {self.name}"
         of = f"baseline of {self.baseline_date or 'unknown date'}"
         if self.change is Change.NEW:
-            return f"{head}: {fmt(self.score)} (new: not in the {of})"
+            return f"{head}: {fmt_number(self.score)} (new: not in the {of})"
         if self.change is Change.MISSING:
-            return f"{head}: not run (was {fmt(self.baseline_score)} in the {of})"
+            return f"{head}: not run (was {fmt_number(self.baseline_score)} in the {of})"
         if self.exact or self.ci_low is None or self.ci_high is None:
             evidence = f"{signed(self.delta)}, exact" if self.exact else signed(self.delta)
         else:
             evidence = (f"{signed(self.delta)}, {self.confidence * 100:g}% CI "
                         f"{signed(self.ci_low)}..{signed(self.ci_high)}")
         word = {Change.REGRESSED: "", Change.IMPROVED: "improved ", Change.UNCHANGED: ""}[self.change]
-        return f"{head}: {word}{fmt(self.baseline_score)} → {fmt(self.score)} ({evidence}), {of}"
+        before, after = fmt_number(self.baseline_score), fmt_number(self.score)
+        return f"{head}: {word}{before} → {after} ({evidence}), {of}"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -138,19 +140,11 @@ class Comparison:
         return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
 
 
-def fmt(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "nan" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if x == 0 or abs(x) >= 0.1:
-        return f"{x:.2f}"
-    return f"{x:.2g}"
-
-
 def signed(x: float | None) -> str:
     """``+0.19`` / ``−0.19`` (a real minus sign, as a report should print it)."""
     if x is None or not math.isfinite(x):
-        return fmt(x)
-    text = fmt(abs(x))
+        return fmt_number(x)
+    text = fmt_number(abs(x))
     return ("−" if x < 0 else "+") + text
 
 

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import STATUS_STYLE, fmt_score, record_matrix, record_summary, worst_label
+from .report import STATUS_STYLE, record_matrix, record_summary, worst_label
+from .verdict import fmt_number
 
 __all__ = ["annotations", "escape_data", "escape_log", "escape_markdown", "escape_property",
            "in_github_actions", "step_summary"]
@@ -146,12 +147,12 @@ def step_summary(records: Sequence[Mapping[str, Any]], *, baseline: Mapping[str,
                     continue
                 v = record["verdict"]
                 status = v.get("status", "")
-                cell = f"{icons.get(status, '?')} {fmt_score(v.get('score'))}"
+                cell = f"{icons.get(status, '?')} {fmt_number(v.get('score'))}"
                 if v.get("ci_low") is not None and v.get("ci_high") is not None and \
                         (v.get("detail") or {}).get("statistic") != "max":
-                    cell += f" [{fmt_score(v['ci_low'])}, {fmt_score(v['ci_high'])}]"
+                    cell += f" [{fmt_number(v['ci_low'])}, {fmt_number(v['ci_high'])}]"
                 op = "≥" if v.get("higher_is_better", True) else "≤"
-                cell += f" (needs {op} {fmt_score(v.get('threshold'))})"
+                cell += f" (needs {op} {fmt_number(v.get('threshold'))})"
                 change = (record.get("baseline") or {})
                 if change.get("change") == "regressed":
                     cell += " 🔻 regressed"

@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from .report import fmt_score, record_matrix, record_summary, worst_label
+from .report import record_matrix, record_summary, worst_label
+from .verdict import fmt_number
 
 __all__ = ["render_html"]
 
@@ -88,17 +89,17 @@ def heatmap_svg(records: Sequence[Mapping[str, Any]]) -> str:
             status = str(v.get("status", ""))
             change = (record.get("baseline") or {}).get("change")
             stroke = ' stroke="#000" stroke-width="3"' if change == "regressed" else ""
-            tip = f"{record.get('id', '')}: {status}, score {fmt_score(v.get('score'))}"
+            tip = f"{record.get('id', '')}: {status}, score {fmt_number(v.get('score'))}"
             if v.get("ci_low") is not None and v.get("ci_high") is not None:
-                tip += f", CI {fmt_score(v['ci_low'])}..{fmt_score(v['ci_high'])}"
-            tip += f", threshold {fmt_score(v.get('threshold'))}"
+                tip += f", CI {fmt_number(v['ci_low'])}..{fmt_number(v['ci_high'])}"
+            tip += f", threshold {fmt_number(v.get('threshold'))}"
             if change in ("regressed", "improved"):
                 tip += f"; {record['baseline'].get('line', change)}"
             out.append(f'<g class="cell" data-status="{escape(status)}" data-adapter="{escape(adapter)}" '
                        f'data-check="{escape(column)}"><title>{escape(tip)}</title>'
                        f'<rect x="{x + 2}" y="{y + 2}" width="{cell_w - 4}" height="{cell_h - 4}" rx="4" '
                        f'fill="{STATUS_FILL.get(status, "#999")}"{stroke}/>')
-            label = fmt_score(v.get("score"))
+            label = fmt_number(v.get("score"))
             if change == "regressed":
                 label += " ▼"
             elif change == "improved":
@@ -108,7 +109,7 @@ def heatmap_svg(records: Sequence[Mapping[str, Any]]) -> str:
             sub = status.upper()
             if v.get("ci_low") is not None and v.get("ci_high") is not None and \
                     (v.get("detail") or {}).get("statistic") != "max":
-                sub = f"[{fmt_score(v['ci_low'])}, {fmt_score(v['ci_high'])}]"
+                sub = f"[{fmt_number(v['ci_low'])}, {fmt_number(v['ci_high'])}]"
             out.append(f'<text x="{x + cell_w / 2:.1f}" y="{y + 36}" text-anchor="middle" fill="#fff" '
                        f'font-size="11">{escape(sub)}</text></g>')
     out.append("</svg>")
@@ -216,14 +217,14 @@ def strip_svg(verdict: Mapping[str, Any]) -> str:
     if low is not None and high is not None:
         out.append(f'<rect x="{sx(low):.1f}" y="20" width="{max(sx(high) - sx(low), 2):.1f}" height="16" '
                    f'fill="{STATUS_FILL.get(status, "#999")}" fill-opacity="0.25"><title>'
-                   f'{float(verdict.get("confidence", 0.95)) * 100:g}% interval {fmt_score(low)}..'
-                   f'{fmt_score(high)}</title></rect>')
+                   f'{float(verdict.get("confidence", 0.95)) * 100:g}% interval {fmt_number(low)}..'
+                   f'{fmt_number(high)}</title></rect>')
     for i, s in enumerate(samples):
         if s is None:
             continue
         jitter = ((i * 7) % 11 - 5) * 1.2
         out.append(f'<circle cx="{sx(s):.1f}" cy="{28 + jitter:.1f}" r="3" fill="#444" fill-opacity="0.6">'
-                   f'<title>#{i}: {fmt_score(s)}</title></circle>')
+                   f'<title>#{i}: {fmt_number(s)}</title></circle>')
     threshold = _num(verdict.get("threshold"))
     if threshold is not None:
         right = sx(threshold) > width / 2
@@ -231,14 +232,14 @@ def strip_svg(verdict: Mapping[str, Any]) -> str:
         out.append(f'<line class="threshold" x1="{sx(threshold):.1f}" y1="10" x2="{sx(threshold):.1f}" '
                    f'y2="46" stroke="#1b4fd1" stroke-width="2"/><text x="{label_x:.1f}" '
                    f'y="12" font-size="10" fill="#1b4fd1" text-anchor="{"end" if right else "start"}">'
-                   f'threshold {fmt_score(threshold)}</text>')
+                   f'threshold {fmt_number(threshold)}</text>')
     score = _num(verdict.get("score"))
     if score is not None:
         out.append(f'<line x1="{sx(score):.1f}" y1="18" x2="{sx(score):.1f}" y2="38" stroke="#000" '
                    f'stroke-width="2"/>')
-    out.append(f'<text x="{margin}" y="{height - 2}" font-size="10" fill="#666">{fmt_score(lo + pad)}</text>'
+    out.append(f'<text x="{margin}" y="{height - 2}" font-size="10" fill="#666">{fmt_number(lo + pad)}</text>'
                f'<text x="{width - margin}" y="{height - 2}" font-size="10" fill="#666" text-anchor="end">'
-               f'{fmt_score(hi - pad)}</text></svg>')
+               f'{fmt_number(hi - pad)}</text></svg>')
     return "".join(out)
 
 
@@ -257,7 +258,7 @@ def check_details(record: Mapping[str, Any]) -> str:
     comparison = record.get("baseline") or {}
     head = (f'<span class="{escape(status)}">{escape(status.upper())}</span> '
             f'{escape(_adapter(record))} · {escape(str(record.get("name") or v.get("check")))} · '
-            f'score {fmt_score(v.get("score"))}')
+            f'score {fmt_number(v.get("score"))}')
     if comparison.get("change") in ("regressed", "improved"):
         head += f' <span class="{comparison["change"]}">{escape(comparison["change"])}</span>'
     worst = worst_label(record, limit=60)
@@ -281,7 +282,7 @@ def check_details(record: Mapping[str, Any]) -> str:
         samples = v.get("samples") or []
         out.append(f"<p>{len(texts)} samples:</p><ol class=\"samples\" start=\"0\">")
         for i, text in enumerate(texts):
-            score = fmt_score(samples[i]) if i < len(samples) else ""
+            score = fmt_number(samples[i]) if i < len(samples) else ""
             cls = ' class="worst"' if i == worst_index else ""
             shown = escape(str(text or "(empty)"))
             out.append(f'<li{cls}><span class="score">{escape(score)}</span>{shown}</li>')
@@ -289,7 +290,7 @@ def check_details(record: Mapping[str, Any]) -> str:
     elif v.get("worst"):
         w = v["worst"]
         context = ", ".join(f"{k}: {val}" for k, val in (w.get("context") or {}).items())
-        out.append(f"<p>worst sample #{escape(str(w.get('index')))} (score {fmt_score(w.get('score'))}"
+        out.append(f"<p>worst sample #{escape(str(w.get('index')))} (score {fmt_number(w.get('score'))}"
                    f"{', ' + escape(context) if context else ''})"
                    f"{': ' + escape(str(w['text'])) if w.get('text') else ''}</p>")
     facts = {k: val for k, val in detail.items() if k not in ("reason",)}
@@ -322,7 +323,7 @@ def comparison_table(records: Sequence[Mapping[str, Any]]) -> str:
         from .baseline import signed
 
         out.append(f"<tr><td>{escape(_adapter(r))}</td><td>{escape(str(r.get('name')))}</td>"
-                   f"<td>{fmt_score(c.get('baseline_score'))}</td><td>{fmt_score(c.get('score'))}</td>"
+                   f"<td>{fmt_number(c.get('baseline_score'))}</td><td>{fmt_number(c.get('score'))}</td>"
                    f"<td>{escape(signed(c.get('delta')))}</td>"
                    f"<td class=\"{escape(str(c.get('change', '')))}\">"
                    f"{escape(str(c.get('change', '')))}</td></tr>")

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from .session import SceneSession
     from .verdict import Verdict
 
-VERDICT_KEY = pytest.StashKey["Verdict"]()
-
 
 def registered_kinds(node: pytest.Node) -> list[CheckKind]:
     """The check kinds every ``pytest_scenelora_check_kinds`` implementation that applies to
@@ -54,15 +52,13 @@ class SuiteFile(pytest.File):
     """A YAML suite; collecting it validates it completely."""
 
     def collect(self) -> Iterator[CheckItem]:
-        from .scenes import load_registers, load_scenes, load_topics
+        from .scenes import load_world
 
         session: SceneSession = self.config.stash[SESSION_KEY]
         try:
             suite = load_suite(self.path, kinds=registered_kinds(self))
-            scenes = load_scenes(suite.scenes) if suite.scenes else load_scenes()
-            topics = load_topics(suite.topics) if suite.topics else load_topics()
-            registers = load_registers(suite.registers) if suite.registers else load_registers()
-            check_references(suite, set(scenes.scenes), set(topics), set(registers))
+            world = load_world(suite.scenes, suite.topics, suite.registers)
+            check_references(suite, set(world.scenes.scenes), set(world.topics), set(world.registers))
             names = self._adapters(suite, session)
         except SceneloraError as exc:
             raise self.CollectError(str(exc)) from None
@@ -106,7 +102,6 @@ class CheckItem(pytest.Item):
     def runtest(self) -> None:
         runner = self.config.stash[SESSION_KEY].runner
         verdict = runner.run(self.suite, self.spec, self.adapter)
-        self.stash[VERDICT_KEY] = verdict
         self.user_properties.append(("scenelora_verdict", json.dumps(verdict.to_dict(), ensure_ascii=False)))
         record = self.record(verdict)
         self.user_properties.append(("scenelora_record", json.dumps(record, ensure_ascii=False)))

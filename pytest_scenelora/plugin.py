@@ -156,7 +156,6 @@ class VerdictCollector:
         props = dict(report.user_properties)
         if "scenelora_verdict" in props:
             verdict = json.loads(props["scenelora_verdict"])
-            self.session.verdicts.append(verdict)
             if "scenelora_record" in props:
                 self.session.records.append({**json.loads(props["scenelora_record"]), "verdict": verdict})
 

@@ -3,8 +3,8 @@
 pytest captures output while a test runs, so the bar is drawn with capture suspended (as
 pytest's own live logging does) and erased when the work is done: nothing of it ends up in
 captured output, logs or a pipe. The plugin only makes one for a process whose stdout is
-a terminal (never for an xdist worker, a ``-q`` run or a pipe); elsewhere the runner's
-progress hook is :func:`no_progress`.
+a terminal (never for an xdist worker, a ``-q`` run or a pipe); elsewhere the runner
+reports progress to a hook that does nothing.
 """
 
 from __future__ import annotations
@@ -16,13 +16,9 @@ from typing import Any
 
 from .report import printable
 
-__all__ = ["Progress", "TerminalProgress", "no_progress"]
+__all__ = ["Progress", "TerminalProgress"]
 
 Progress = Callable[[str, int, int], None]
-
-
-def no_progress(what: str, done: int, total: int) -> None:
-    """The progress hook where no terminal is watching."""
 
 
 def progress_line(what: str, done: int, total: int, width: int, bar_width: int = 24) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .results import record_order
+from .verdict import fmt_number
 
 #: Characters a terminal or a CI log acts on instead of showing: C0 and C1 controls (ESC
 #: starts colour, cursor and hyperlink sequences) and the bidirectional overrides that
@@ -36,48 +37,6 @@ def plain(text: object, style: str = "") -> Any:
     from rich.text import Text
 
     return Text(printable(text), style=style)
-
-
-STATUS_MARK = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCL"}
-
-
-def _cell(verdict: Mapping[str, Any]) -> str:
-    score = verdict.get("score")
-    shown = f"{score:.3g}" if isinstance(score, int | float) else "?"
-    return f"{STATUS_MARK.get(verdict.get('status', ''), '?')} {shown}"
-
-
-def coherence_matrix(verdicts: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str], dict]:
-    """(adapters, checks, {(adapter, check): verdict}) in first-seen order."""
-    adapters: dict[str, None] = {}
-    checks: dict[str, None] = {}
-    cells: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for verdict in verdicts:
-        adapter, check = verdict["subject"], verdict["check"]
-        adapters.setdefault(adapter)
-        checks.setdefault(check)
-        cells[(adapter, check)] = verdict
-    return list(adapters), list(checks), cells
-
-
-def summary_line(verdicts: Sequence[Mapping[str, Any]]) -> str:
-    counts = {status: sum(v.get("status") == status for v in verdicts) for status in STATUS_MARK}
-    return (f"{len(verdicts)} checks: {counts['pass']} passed, {counts['fail']} failed, "
-            f"{counts['inconclusive']} inconclusive")
-
-
-def coherence_lines(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The matrix as aligned plain-text lines, then the summary line."""
-    if not verdicts:
-        return []
-    adapters, checks, cells = coherence_matrix(verdicts)
-    header = ["adapter", *map(printable, checks)]
-    rows = [[printable(a), *(_cell(cells[(a, c)]) if (a, c) in cells else "-" for c in checks)]
-            for a in adapters]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
-    return [*lines, summary_line(verdicts)]
 
 
 # ------------------------------------------------------------------ records (the rich report)
@@ -116,14 +75,6 @@ def record_matrix(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list
     columns = list(dict.fromkeys(column_of(r, suites_of) for r in records))
     cells = {(str(r.get("adapter") or r["verdict"]["subject"]), column_of(r, suites_of)): r for r in records}
     return adapters, columns, cells
-
-
-def fmt_score(x: Any) -> str:
-    if not isinstance(x, int | float) or x != x:
-        return "nan"
-    if x == 0 or abs(x) >= 0.1:
-        return f"{x:.2f}"
-    return f"{x:.2g}"
 
 
 def bar_domain(verdict: Mapping[str, Any]) -> tuple[float, float]:
@@ -244,7 +195,7 @@ def render_coherence(records: Sequence[Mapping[str, Any]], *, color: bool, width
             # score and verdict; the interval bar against the threshold; the weak spot;
             # the change against the baseline: one short line each, so cells stay narrow
             cell = Text()
-            cell.append(f"{fmt_score(verdict.get('score'))} {word}", style=style)
+            cell.append(f"{fmt_number(verdict.get('score'))} {word}", style=style)
             cell.append("\n")
             for char, role in ci_bar(verdict):
                 cell.append(char, style=style if role == "ci" else bar_style[role])
@@ -285,7 +236,7 @@ def render_comparison(comparisons: Sequence[Any], *, color: bool, width: int = 1
     from rich.table import Table
     from rich.text import Text
 
-    from .baseline import Change, fmt, signed
+    from .baseline import Change, signed
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for name in ("adapter", "check", "baseline", "candidate", "change", "95% CI", "result"):
@@ -296,8 +247,8 @@ def render_comparison(comparisons: Sequence[Any], *, color: bool, width: int = 1
         interval = "" if c.ci_low is None or c.ci_high is None else (
             "exact" if c.exact else f"{signed(c.ci_low)}..{signed(c.ci_high)}")
         table.add_row(plain(c.adapter), plain(c.name),
-                      "" if c.baseline_score is None else fmt(c.baseline_score),
-                      "" if c.score is None else fmt(c.score),
+                      "" if c.baseline_score is None else fmt_number(c.baseline_score),
+                      "" if c.score is None else fmt_number(c.score),
                       "" if c.delta is None else signed(c.delta), interval,
                       Text(c.change.value, style=styles[c.change]))
     out = io.StringIO()

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import shipped
 from .cache import ResultCache, generation_key
 from .checks.context import CheckContext, Request, scene_request_prompt, topic_request_prompt
 from .fsutil import canonical_json, sha256_bytes
 from .generation import GenerationConfig, rows_per_batch
-from .scenes import Register, Scene, SceneSet, Topic, excerpt, load_registers, load_scenes, load_topics
+from .scenes import Scene, World, excerpt, load_world
 from .specs import CheckSpec, Scorer, Suite, SuiteError
 
 if TYPE_CHECKING:
@@ -36,15 +35,6 @@ if TYPE_CHECKING:
 
 #: Rows per generation batch on CPU; on CUDA it is chosen from free memory.
 BATCH_ROWS = 64
-
-
-@dataclass(frozen=True)
-class World:
-    """What a suite talks about: its scenes, topics and registers."""
-
-    scenes: SceneSet
-    topics: dict[str, Topic]
-    registers: dict[str, Register]
 
 
 @dataclass(frozen=True)
@@ -153,11 +143,7 @@ class SuiteRunner:
     def world(self, suite: Suite) -> World:
         key = (suite.scenes, suite.topics, suite.registers)
         if key not in self._worlds:
-            self._worlds[key] = World(
-                scenes=load_scenes(suite.scenes or shipped.scenes_file()),
-                topics=load_topics(suite.topics or shipped.topics_file()),
-                registers=load_registers(suite.registers or shipped.registers_file()),
-            )
+            self._worlds[key] = load_world(*key)
         return self._worlds[key]
 
     def scorer(self, suite: Suite) -> Any:

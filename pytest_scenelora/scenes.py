@@ -610,3 +610,26 @@ def load_registers(
             line=line or 0,
         )
     return registers
+
+
+@dataclass(frozen=True)
+class World:
+    """What a suite talks about: its scenes, topics and registers."""
+
+    scenes: SceneSet
+    topics: dict[str, Topic]
+    registers: dict[str, Register]
+
+
+def load_world(
+    scenes: str | os.PathLike[str] | None = None,
+    topics: str | os.PathLike[str] | None = None,
+    registers: str | os.PathLike[str] | None = None,
+) -> World:
+    """A suite's scenes, topics and registers files, each the shipped one where not given.
+
+    The one way a suite's world is read: collection reads it to check the suite's
+    references, the runner to run its checks.
+    """
+    return World(scenes=load_scenes(scenes), topics=load_topics(topics),
+                 registers=load_registers(registers))

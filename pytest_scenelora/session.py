@@ -30,7 +30,6 @@ class SceneSession:
         # Cheap and eager: a wrong --adapter is a usage error before collection.
         self.adapter_paths: list[Path] = fmt.discover(settings.adapters) if settings.adapters else []
         self.adapter_names: list[str] = [fmt.adapter_name(p) for p in self.adapter_paths]
-        self.verdicts: list[dict] = []  # every check's verdict, as reports arrive
         self.records: list[dict] = []  # every check item's record for the results document
         self.progress: Callable[[str, int, int], None] | None = None  # a terminal progress bar
 

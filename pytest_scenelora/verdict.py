@@ -84,7 +84,7 @@ class Sample:
 
     def describe(self) -> str:
         """``#3 (score 0.00, topic: the harbour): "The tide therefore..."``"""
-        facts = [f"score {_fmt(self.score)}"] + [f"{k}: {_fmt_any(v)}" for k, v in self.context.items()]
+        facts = [f"score {fmt_number(self.score)}"] + [f"{k}: {_fmt_any(v)}" for k, v in self.context.items()]
         line = f"#{self.index} ({', '.join(facts)})"
         if self.text is not None:
             line += f": {_quote(self.text)}"
@@ -143,9 +143,9 @@ class Verdict:
             evidence = f"n={self.n}, no interval"
         else:
             pct = f"{self.confidence * 100:g}%"
-            evidence = f"{pct} CI {_fmt(self.ci_low)}..{_fmt(self.ci_high)}, n={self.n}"
-        lines = [f"{self.name}: {self.status.value.upper()}  score {_fmt(self.score)} ({evidence}), "
-                 f"needs {op} {_fmt(self.threshold)}"]
+            evidence = f"{pct} CI {fmt_number(self.ci_low)}..{fmt_number(self.ci_high)}, n={self.n}"
+        lines = [f"{self.name}: {self.status.value.upper()}  score {fmt_number(self.score)} ({evidence}), "
+                 f"needs {op} {fmt_number(self.threshold)}"]
         reason = self.detail.get("reason")
         if reason and self.status is not Status.PASS:
             lines.append(f"  {reason}")
@@ -343,9 +343,16 @@ def decide(
 # ---------------------------------------------------------------------------- rendering
 
 
-def _fmt(x: float) -> str:
-    if not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+def fmt_number(x: Any) -> str:
+    """A score, bound or delta as every report prints it: two decimals, or two significant
+    digits below 0.1 (so 0.004 is not ``0.00``); ``nan`` for anything that is not a number
+    (a JSON field that is missing or null), ``inf``/``-inf`` as such."""
+    if isinstance(x, np.floating | np.integer):
+        x = x.item()
+    if not isinstance(x, int | float) or math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
     if x == 0 or abs(x) >= 0.1:
         return f"{x:.2f}"
     return f"{x:.2g}"
@@ -353,7 +360,7 @@ def _fmt(x: float) -> str:
 
 def _fmt_any(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
-        return _fmt(float(value))
+        return fmt_number(float(value))
     return str(value)
 
 
