@@ -211,8 +211,8 @@ def _draw_from_nucleus(probs: Any, ranked: Any, order: Any, top_p: float, genera
 
 
 #: How many of the likeliest tokens the nucleus is first looked for in. Ranking only those
-#: (``torch.topk``) takes 2.4 ms for 64 rows of 4,096 tokens on one core, a full sort 5.9 ms;
-#: at the suites' temperatures most rows' nucleus ends inside them.
+#: (``torch.topk``) costs a fraction of sorting the whole vocabulary, and at the suites'
+#: temperatures most rows' nucleus ends inside them.
 NUCLEUS_CANDIDATES = 64
 
 
@@ -325,9 +325,9 @@ def cpu_threads(model: Any) -> int | None:
 
     A small model's ops take microseconds, so fanning each one out to OpenMP threads
     costs more than it saves, and when the cores are shared (CI runners, xdist workers)
-    threads wait on each other: on a loaded 2-core machine a 64-row decode of the tiny
-    base took 9-44 s on 2 threads and 3.2 s on 1, with identical text. Models of width
-    1024 and up keep torch's default. ``SCENELORA_CPU_THREADS`` overrides both.
+    threads wait on each other: on a loaded machine one thread decodes the tiny base
+    several times faster than two, with identical text. Models of width 1024 and up keep
+    torch's default. ``SCENELORA_CPU_THREADS`` overrides both.
     """
     explicit = _threads_asked()
     if explicit:
@@ -342,11 +342,10 @@ def cpu_threads(model: Any) -> int | None:
 def encoder_threads() -> int:
     """How many intra-op threads a sentence encoder's batches should use on CPU.
 
-    Unlike a decode step, a batch of 64 texts is big enough to split (all-MiniLM-L6-v2 on
-    the 384 register references: 9.5 s on one thread, 5.2 s on two idle cores), but only
-    over cores that nothing else of this run keeps busy: 192 texts with the other core
-    taken took 8.4 s on two threads against 5.9 s on one. So: the cores this process may run on,
-    shared evenly among pytest-xdist's workers. ``SCENELORA_CPU_THREADS`` overrides.
+    Unlike a decode step, a batch of 64 texts is big enough to split across idle cores, but
+    a thread on a core that another part of this run keeps busy slows the batch down rather
+    than speeding it up. So: the cores this process may run on, shared evenly among
+    pytest-xdist's workers. ``SCENELORA_CPU_THREADS`` overrides.
     """
     from .workers import cores, worker_count
 

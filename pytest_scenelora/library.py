@@ -1,9 +1,9 @@
 """An adapter library: many LoRA adapters on ONE base model in memory.
 
-The seed asks for adapters that switch instantly, run several at once, and combine
-without retraining. PEFT does each of those on a single ``PeftModel``; this class keeps
-the bookkeeping (display names such as ``Δ42_poetic`` mapped to PEFT-safe keys, content
-hashes for cache keys) and nothing else.
+Adapters switch instantly, run several at once, and combine without retraining. PEFT
+does each of those on a single ``PeftModel``; this class keeps the bookkeeping (display
+names such as ``Δ42_poetic`` mapped to PEFT-safe keys, content hashes for cache keys)
+and nothing else.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class Device(str, enum.Enum):
 
 @dataclass(frozen=True)
 class BasePreset:
-    """A named base from the seed's model families."""
+    """A named base of a model family scenelora has a preset for."""
 
     name: str
     hf_id: str

@@ -289,8 +289,8 @@ def embed_shared(scorer: Any, texts: Sequence[str]) -> None:
     The texts go in chunks around a ring, each worker starting at its own place in it and
     skipping the chunks another worker has stored meanwhile: two workers that start
     together meet halfway, each having embedded half (a chunk they reach at the same
-    moment is the only one embedded twice), where one used to embed everything while the
-    other waited on a lock. A worker alone goes round the whole ring. The chunks are the
+    moment is the only one embedded twice), and neither waits on the other. A worker alone
+    goes round the whole ring. The chunks are the
     same whoever embeds them, so every vector is that of a run without xdist.
     """
     from .workers import worker_count, worker_index

@@ -447,8 +447,8 @@ def _content_key(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
 
 def model_content_key(folder: Path) -> str:
     """sha256 over the relative names and bytes of a model folder's files (READMEs and VCS files
-    left out). Hashing the weights in full costs ~0.2 s for all-MiniLM-L6-v2, once per process;
-    a header-only fingerprint would let two fine-tunes of one architecture share cache rows."""
+    left out). The weights are hashed in full, once per process: a header-only fingerprint
+    would let two fine-tunes of one architecture share cache rows."""
     entries = []
     for path in sorted(Path(folder).rglob("*")):
         rel = path.relative_to(folder).as_posix()

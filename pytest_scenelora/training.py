@@ -1,4 +1,4 @@
-"""Training LoRA and QLoRA adapters: the seed's pipeline (section 6.6), made reproducible.
+"""Training LoRA and QLoRA adapters, reproducibly.
 
 One adapter is one scene spoken in one role (``Δ42_poetic``). It trains on every
 example of its role: the examples of its own scene are prompted the way the scene is
@@ -80,7 +80,7 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_THREADS = 2
 
-#: Module names of input embeddings and LM heads across the families the seed names.
+#: Module names of input embeddings and LM heads across the model families of the presets.
 EMBEDDING_MODULES = frozenset(
     {"embed_tokens", "lm_head", "wte", "wpe", "embed_in", "embed_out", "word_embeddings",
      "shared", "embed_positions"}
@@ -88,7 +88,7 @@ EMBEDDING_MODULES = frozenset(
 
 _WHY_NOT_EMBEDDINGS = (
     "training embeddings or the LM head is refused, because when a scene's meaning is "
-    "already compressed into a hypertoken (Δ42) training them destroys it (seed 6.6.3)"
+    "already compressed into a hypertoken (Δ42) training them destroys it"
 )
 
 
@@ -111,7 +111,7 @@ class TrainingDataError(SceneloraError, ValueError):
 
 
 class TargetPreset(str, enum.Enum):
-    """Where LoRA goes, after the seed (6.6.3), mapped onto each architecture's names."""
+    """Where LoRA goes (never the embeddings or the LM head), mapped onto each architecture's names."""
 
     HYPERTOKEN = "hypertoken"  # scene given as a token: change what attention projects
     FRAGMENT = "fragment"  # scene given as text: also where it looks (q_proj)
@@ -331,8 +331,8 @@ class TrainSpec:
                 raise TrainingError(message)
 
         need(isinstance(self.r, int) and self.r > 0, f"r={self.r!r}: the LoRA rank must be a positive "
-             "integer (the seed recommends 16 or 32)")
-        need(self.alpha > 0, f"alpha={self.alpha!r}: must be positive (the seed recommends 16)")
+             "integer (16 or 32 are usual)")
+        need(self.alpha > 0, f"alpha={self.alpha!r}: must be positive (16 is usual)")
         need(0 <= self.dropout < 1, f"dropout={self.dropout!r}: must be in [0, 1)")
         need(isinstance(self.steps, int) and self.steps >= 1, f"steps={self.steps!r}: train at least 1 step")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr={self.lr!r}: must be a positive number")

@@ -188,8 +188,8 @@ def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
     listed = world.scenes.split(Split.UNSEEN)
     # The scenes Hypothesis will draw, listed first by the same seeded engine with nothing
     # to fail (and no database to touch), so that scenes are generated a batch at a time
-    # (eight scenes of eight samples: 10 ms a row on the tiny base) rather than one scene's
-    # eight rows at a time (33 ms a row). Generation runs at most one batch ahead of the
+    # (eight scenes of eight samples) rather than one scene's eight rows at a time, which
+    # costs several times more per row. Generation runs at most one batch ahead of the
     # run: a failure stops the draws, and what was generated past it is wasted. A stored failure
     # is replayed before any draw (and then shrunk): that run's scenes are not known ahead,
     # so only the listed ones are. Scenes the run adds on its own way (shrinking) are
