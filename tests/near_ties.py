@@ -89,11 +89,19 @@ def assert_same_samples(ours: Sequence[str], reference: Sequence[str],
         where = parting(trace, mine, tokenizer)
         label = labels[row] if labels is not None else row
         assert where is not None, (label, "the trace does not decode to the reference text", theirs)
-        assert where.near_tie, (f"{label}: {mine!r} and {theirs!r} part at steps {where.steps.start}-"
-                                f"{where.steps.stop - 1}, where the pick won by {where.margin:.3g} logits: "
-                                f"a real difference, not rounding")
+        _assert_near_tie(where, label, mine, theirs)
         apart.append(row)
-    assert len(apart) <= max(1, most_apart * len(ours)), f"{len(apart)} of {len(ours)} samples parted at near-ties"
+    return _rare(apart, len(ours), most_apart)
+
+
+def _assert_near_tie(where: Parting, label: object, mine: str, theirs: str) -> None:
+    assert where.near_tie, (f"{label}: {mine!r} and {theirs!r} part at steps {where.steps.start}-"
+                            f"{where.steps.stop - 1}, where the pick won by {where.margin:.3g} logits: "
+                            f"a real difference, not rounding")
+
+
+def _rare(apart: list[int], rows: int, most_apart: float) -> list[int]:
+    assert len(apart) <= max(1, most_apart * rows), f"{len(apart)} of {rows} samples parted at near-ties"
     return apart
 
 
@@ -110,9 +118,6 @@ def assert_same_decodes(ours: Sequence[str], our_traces: Sequence[Sequence[tuple
         if where is None:
             assert ours[row] == reference[row], row
             continue
-        assert where.near_tie, (f"row {row}: {ours[row]!r} and {reference[row]!r} part at step "
-                                f"{where.steps.start}, where the picks won by {where.margin:.3g} logits: "
-                                f"a real difference, not rounding")
+        _assert_near_tie(where, f"row {row}", ours[row], reference[row])
         apart.append(row)
-    assert len(apart) <= max(1, most_apart * len(ours)), f"{len(apart)} of {len(ours)} samples parted at near-ties"
-    return apart
+    return _rare(apart, len(ours), most_apart)
