@@ -218,7 +218,7 @@ class VerdictCollector:
                     terminalreporter.write_line(line)
         for line in self.published:
             terminalreporter.write_line(line)
-        runner = self.session.__dict__.get("runner")
+        runner = self.session.runner_if_made
         if runner is not None and (runner.generated or runner.reused):
             terminalreporter.write_line(
                 f"scenelora: generated {runner.generated} new samples, reused {runner.reused} from the cache "

@@ -64,6 +64,12 @@ class Session(Protocol):
     @property
     def library(self) -> AdapterLibrary: ...
 
+    @property
+    def base_loaded(self) -> bool: ...
+
+    @property
+    def library_loaded(self) -> bool: ...
+
 
 class SuiteRunner:
     """Runs a suite's checks on adapters; the engine behind every :class:`CheckContext`."""
@@ -91,7 +97,7 @@ class SuiteRunner:
 
     @property
     def model_loaded(self) -> bool:
-        return "library" in self.session.__dict__
+        return self.session.library_loaded
 
     def adapter(self, name: str) -> AdapterIdentity:
         """An adapter's scene, role and content hash: from the library once it is loaded,
@@ -117,7 +123,7 @@ class SuiteRunner:
             from .models import fingerprint, pick_device, pick_dtype, resolve_base, weights_hash
 
             settings = self.session.settings
-            if "base" in self.session.__dict__:
+            if self.session.base_loaded:
                 base = self.session.base
                 path, device, dtype, fp = base.path, str(base.device), base.dtype, base.fingerprint
             else:

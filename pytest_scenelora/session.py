@@ -38,8 +38,25 @@ class SceneSession:
         for path in paths:
             if path not in self.adapter_paths:
                 self.adapter_paths.append(path)
-                if "library" in self.__dict__:
+                if self.library_loaded:
                     self.library.add(path)
+
+    # The base, library and runner are cached properties: made on first use, then kept in
+    # the instance. These say whether that has happened, without making them.
+    @property
+    def base_loaded(self) -> bool:
+        """Whether the base model is in memory (asking does not load it)."""
+        return "base" in self.__dict__
+
+    @property
+    def library_loaded(self) -> bool:
+        """Whether the adapter library is in memory (asking does not load it)."""
+        return "library" in self.__dict__
+
+    @property
+    def runner_if_made(self) -> SuiteRunner | None:
+        """The runner, if a check has needed it; None otherwise (asking makes none)."""
+        return self.__dict__.get("runner")
 
     @cached_property
     def baseline(self) -> dict | None:

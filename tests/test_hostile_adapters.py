@@ -359,7 +359,7 @@ def pytest_sessionfinish(session):
     from pytest_scenelora.plugin import SESSION_KEY
 
     scene = session.config.stash[SESSION_KEY]
-    if "library" not in scene.__dict__:  # every result came from the cache
+    if not scene.library_loaded:  # every result came from the cache
         Path(REPORT).write_text(json.dumps({"loaded": False}))
         return
     held = base_tensors(scene.library.model)
