@@ -88,7 +88,7 @@ def read_header(path: Path, error: type[Exception] = AdapterFormatError
 
 
 class _DuplicateKey(ValueError):
-    pass
+    """A JSON object names one key twice (json keeps the last silently)."""
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
