@@ -368,8 +368,8 @@ def test_a_lock_held_by_another_process_times_out_naming_the_file_and_the_holder
         holder.wait(30)
         if holder.stdout is not None:
             holder.stdout.close()
-    with fsutil.file_lock(path, timeout=5):  # the OS let go when its holder died
-        pass
+    with fsutil.file_lock(path, timeout=5) as lock:  # the OS let go when its holder died
+        assert lock.is_locked
 
 
 @pytest.mark.parametrize("value", ["soon", "-5", "nan", "0"])

@@ -53,6 +53,22 @@ def with_config(src: Path, dst: Path, **changes: Any) -> Path:
     return forge(dst, header, data)
 
 
+def refused_in_one_line(path: Path, words: str, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """*path* is refused by read_adapter with one short line naming it and holding *words*,
+    and ``scenelora inspect`` exits 2 with one line on stderr; returns (message, stderr)."""
+    from pytest_scenelora.cli import main
+
+    with pytest.raises(AdapterFormatError) as caught:
+        fmt.read_adapter(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and words in message and "\n" not in message, message
+    assert len(message) < 400, message
+    assert main(["inspect", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and words in err and str(path) in err, err
+    return message, err
+
+
 def bits(tensor: Any) -> Any:
     """The tensor's bytes, so that equal means bit-identical (-0.0 is not 0.0)."""
     import torch
@@ -222,19 +238,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
 @pytest.mark.parametrize("kind", list(REFUSED))
 def test_a_config_that_would_alter_or_hang_the_base_is_one_line_naming_the_file(
         kind, make_adapter, tiny_base, tmp_path, capsys) -> None:
-    from pytest_scenelora.cli import main
-
     changes, words = REFUSED[kind]
     path = with_config(make_adapter("Δ42_good", seed=1), tmp_path / "Δ42_bad.safetensors", **changes)
-    with pytest.raises(AdapterFormatError) as caught:
-        fmt.read_adapter(path)
-    message = str(caught.value)
-    assert message.startswith(f"{path}: ") and words in message and "\n" not in message, message
-    assert len(message) < 400, message
-
-    assert main(["inspect", str(path)]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1 and message in err, err
+    message, err = refused_in_one_line(path, words, capsys)
+    assert message in err, err
 
     # an AdapterInfo built by hand skips read_adapter, not the gate
     good = fmt.read_adapter(make_adapter("Δ42_good", seed=1))
@@ -526,15 +533,7 @@ def test_a_malformed_header_is_one_line_from_inspect_list_and_convert(kind, good
 
     path = malformed(kind, good_header, tmp_path / "lib")
     words = MALFORMED[kind][1]
-    with pytest.raises(AdapterFormatError) as caught:
-        fmt.read_adapter(path)
-    line = str(caught.value)
-    assert line.startswith(f"{path}: ") and words in line and "\n" not in line, line
-    assert len(line) < 400, line
-
-    assert main(["inspect", str(path)]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1 and words in err and str(path) in err, err
+    refused_in_one_line(path, words, capsys)
     assert main(["convert", str(path), str(tmp_path / "out")]) == 2
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and words in err, err
