@@ -35,8 +35,8 @@ def random_adapters(base_dir: Path, out: Path, count: int, r: int = 16) -> list[
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from pytest_scenelora.adapters import save_adapter_file
-    from pytest_scenelora.models import fingerprint
+    from pytest_scenelora.engine.adapters import save_adapter_file
+    from pytest_scenelora.engine.bases import fingerprint
 
     out.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(base_dir)

@@ -30,8 +30,8 @@ PROMPTS = [f"Topic: {t}\n" for t in (
 
 def memory_probe(base_dir: str, adapters: list[str]) -> None:
     """Child process: load the base and the adapters, print peak RSS in MiB."""
-    from pytest_scenelora.library import AdapterLibrary
-    from pytest_scenelora.models import load_base
+    from pytest_scenelora.engine.bases import load_base
+    from pytest_scenelora.engine.library import AdapterLibrary
 
     base = load_base(base_dir, device="cpu")
     library = AdapterLibrary(base)
@@ -44,10 +44,10 @@ def memory_probe(base_dir: str, adapters: list[str]) -> None:
 
 
 def main() -> None:
-    from pytest_scenelora.generation import GenerationConfig
-    from pytest_scenelora.library import AdapterLibrary
-    from pytest_scenelora.models import load_base
-    from pytest_scenelora.tinybase import ensure_tiny_base
+    from pytest_scenelora.engine.bases import load_base
+    from pytest_scenelora.engine.generation import GenerationConfig
+    from pytest_scenelora.engine.library import AdapterLibrary
+    from pytest_scenelora.engine.tinybase import ensure_tiny_base
 
     base_dir = ensure_tiny_base(progress=lambda line: print(line, file=sys.stderr))
     work = Path(tempfile.mkdtemp(prefix="bench-library-"))

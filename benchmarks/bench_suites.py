@@ -133,7 +133,7 @@ def make_variants(trained: list[Path], out: Path, copies: int) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from pytest_scenelora.adapters import read_adapter
+    from pytest_scenelora.engine.adapters import read_adapter
 
     out.mkdir(parents=True, exist_ok=True)
     for path in trained:
@@ -172,8 +172,8 @@ def main() -> None:
     args = parser.parse_args()
     DEVICE[1] = args.device
 
-    from pytest_scenelora.tinybase import ensure_tiny_base
-    from pytest_scenelora.training import train_demo_library
+    from pytest_scenelora.engine.tinybase import ensure_tiny_base
+    from pytest_scenelora.engine.training import train_demo_library
 
     base_dir = ensure_tiny_base()
     bases = base_dir.parent

@@ -25,7 +25,7 @@ def bare_steps(steps: int) -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pytest_scenelora.tinybase import RECIPE
+    from pytest_scenelora.engine.tinybase import RECIPE
 
     torch.manual_seed(0)
     torch.set_num_threads(RECIPE["threads"])
@@ -45,7 +45,7 @@ def bare_steps(steps: int) -> float:
 
 
 def main() -> None:
-    from pytest_scenelora.tinybase import RECIPE, build_tiny_base
+    from pytest_scenelora.engine.tinybase import RECIPE, build_tiny_base
 
     out = Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny"
     result = build_tiny_base(out)

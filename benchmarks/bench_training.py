@@ -112,7 +112,7 @@ def plain_peft_loop(base_dir: Path, data: Path, scenes_file: Path, topics_file: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from pytest_scenelora import training
+    from pytest_scenelora.engine import training
 
     parser.add_argument("--steps", type=int, default=training.DEFAULT_STEPS)
     parser.add_argument("--repeats", type=int, default=2)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from pytest_scenelora import shipped
-    from pytest_scenelora.tinybase import ensure_tiny_base
+    from pytest_scenelora.engine.tinybase import ensure_tiny_base
 
     hf_logging.disable_progress_bar()
     base_dir = ensure_tiny_base(progress=lambda line: print(line, file=sys.stderr))
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"final loss: plain {plain_loss:.6f}, training.train {ours_loss:.6f}")
 
         if not args.skip_all:
-            command = [sys.executable, "-m", "pytest_scenelora.cli", "train", "--all", "--no-cache",
+            command = [sys.executable, "-m", "pytest_scenelora.cli.main", "train", "--all", "--no-cache",
                        "--out", str(work / "library"), "--progress", "none"]
             if shutil.which("taskset"):
                 command = ["taskset", "-c", "0,1", *command]

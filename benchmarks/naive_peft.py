@@ -8,7 +8,7 @@ same work and computes the same numbers, only without the harness:
   converted to one first, outside the timed work);
 - generate each sample alone with ``model.generate``: one prompt, one row, per call. The
   suites sample, so each sample uses the seed scenelora gives it and the same sampler
-  (:func:`pytest_scenelora.generation._sample_row`, plugged in as a logits processor that
+  (:func:`pytest_scenelora.engine.generation._sample_row`, plugged in as a logits processor that
   leaves ``generate`` one token to pick): the texts are the same, and so are the scores;
 - embed each output alone with sentence-transformers (memoised in a dict for the run:
   a careful user does not embed one text twice, but keeps nothing on disk);
@@ -37,10 +37,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pytest_scenelora import adapters as fmt
-from pytest_scenelora.generation import GenerationConfig, _sample_row, decision_margin
-from pytest_scenelora.runner import Request, SuiteRunner
-from pytest_scenelora.scoring import Embedder
+from pytest_scenelora.checks.runner import Request, SuiteRunner
+from pytest_scenelora.engine import adapters as fmt
+from pytest_scenelora.engine.generation import GenerationConfig, _sample_row, decision_margin
+from pytest_scenelora.scoring.embedders import Embedder
 from pytest_scenelora.settings import Settings
 from pytest_scenelora.suite import load_suite
 
@@ -124,7 +124,7 @@ class LoadedAdapter:
              device: str = "cpu") -> LoadedAdapter:
         model = load_peft(base_dir, peft_dir, device)
         stats.base_loads += 1
-        from pytest_scenelora.models import load_tokenizer
+        from pytest_scenelora.engine.bases import load_tokenizer
 
         return cls(info.name, info, peft_dir, base_dir, model, load_tokenizer(base_dir), stats, device)
 
@@ -197,7 +197,7 @@ def load_peft(base_dir: Path, peft_dir: Path, device: str = "cpu") -> Any:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pytest_scenelora.models import Quantization, quantization_config
+    from pytest_scenelora.engine.bases import Quantization, quantization_config
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16  # what scenelora loads too
     qconfig = quantization_config(Quantization(QUANTIZE), device, base_dir)
@@ -292,7 +292,7 @@ def run_naive(suite_paths: Sequence[Path], adapter_paths: Sequence[Path], *,
     """
     import torch
 
-    from pytest_scenelora.models import quiet_transformers, resolve_base
+    from pytest_scenelora.engine.bases import quiet_transformers, resolve_base
 
     global QUANTIZE
     QUANTIZE = quantize

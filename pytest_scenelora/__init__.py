@@ -10,7 +10,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .adapters import AdapterInfo, convert, load_tensors, read_adapter, save_adapter_file
+    from .checks.runner import SuiteRunner
+    from .engine.adapters import AdapterInfo, convert, load_tensors, read_adapter, save_adapter_file
+    from .engine.bases import LoadedBase, fingerprint, load_base, resolve_base
+    from .engine.generation import GenerationConfig
+    from .engine.library import AdapterHandle, AdapterLibrary
+    from .engine.training import AdapterTrainer, TrainSpec, train
     from .errors import (
         AdapterFormatError,
         AdapterMismatchError,
@@ -18,45 +23,40 @@ if TYPE_CHECKING:
         BaseModelNotFoundError,
         SceneloraError,
     )
-    from .generation import GenerationConfig
-    from .library import AdapterHandle, AdapterLibrary
-    from .models import LoadedBase, fingerprint, load_base, resolve_base
-    from .runner import SuiteRunner
-    from .scoring import CharNgramScorer, Embedder, MemoryVectorCache, make_scorer
+    from .scoring.embedders import CharNgramScorer, Embedder, MemoryVectorCache, make_scorer
+    from .scoring.verdict import Status, Verdict, decide
     from .strategies import scenes
-    from .training import AdapterTrainer, TrainSpec, train
-    from .verdict import Status, Verdict, decide
 
 _EXPORTS = {
-    "AdapterInfo": "adapters",
-    "convert": "adapters",
-    "load_tensors": "adapters",
-    "read_adapter": "adapters",
-    "save_adapter_file": "adapters",
+    "AdapterInfo": "engine.adapters",
+    "convert": "engine.adapters",
+    "load_tensors": "engine.adapters",
+    "read_adapter": "engine.adapters",
+    "save_adapter_file": "engine.adapters",
     "AdapterFormatError": "errors",
     "AdapterMismatchError": "errors",
     "BaseModelError": "errors",
     "BaseModelNotFoundError": "errors",
     "SceneloraError": "errors",
-    "GenerationConfig": "generation",
-    "CharNgramScorer": "scoring",
-    "Embedder": "scoring",
-    "MemoryVectorCache": "scoring",
-    "make_scorer": "scoring",
-    "Status": "verdict",
-    "Verdict": "verdict",
-    "decide": "verdict",
-    "AdapterTrainer": "training",
-    "TrainSpec": "training",
-    "train": "training",
-    "SuiteRunner": "runner",
+    "GenerationConfig": "engine.generation",
+    "CharNgramScorer": "scoring.embedders",
+    "Embedder": "scoring.embedders",
+    "MemoryVectorCache": "scoring.embedders",
+    "make_scorer": "scoring.embedders",
+    "Status": "scoring.verdict",
+    "Verdict": "scoring.verdict",
+    "decide": "scoring.verdict",
+    "AdapterTrainer": "engine.training",
+    "TrainSpec": "engine.training",
+    "train": "engine.training",
+    "SuiteRunner": "checks.runner",
     "scenes": "strategies",
-    "AdapterHandle": "library",
-    "AdapterLibrary": "library",
-    "LoadedBase": "models",
-    "fingerprint": "models",
-    "load_base": "models",
-    "resolve_base": "models",
+    "AdapterHandle": "engine.library",
+    "AdapterLibrary": "engine.library",
+    "LoadedBase": "engine.bases",
+    "fingerprint": "engine.bases",
+    "load_base": "engine.bases",
+    "resolve_base": "engine.bases",
 }
 
 __all__ = [

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import adapters as fmt
+from .engine import adapters as fmt
 from .errors import SceneloraError, UsageError
 from .session import SESSION_KEY
 from .suite import CheckSpec, Suite, SuiteError, check_references, load_suite
 
 if TYPE_CHECKING:
     from .checks.kind import CheckKind
+    from .scoring.verdict import Verdict
     from .session import SceneSession
-    from .verdict import Verdict
 
 
 def registered_kinds(node: pytest.Node) -> list[CheckKind]:
@@ -134,7 +134,7 @@ class CheckItem(pytest.Item):
             "path": str(paths[self.adapter]) if self.adapter in paths else None,
         }
         if session.baseline is not None:
-            from .baseline import baseline_date, compare_record
+            from .reporting.baseline import baseline_date, compare_record
 
             stored = next((r for r in session.baseline["results"] if r["id"] == self.nodeid), None)
             comparison = compare_record(stored, {**record, "verdict": verdict.to_dict()},

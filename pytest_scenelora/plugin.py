@@ -22,9 +22,9 @@ from .session import SESSION_KEY, SceneSession
 from .settings import Settings, parse_device, parse_quantization, parse_seed
 
 if TYPE_CHECKING:
-    from .library import AdapterHandle, AdapterLibrary
-    from .models import LoadedBase
-    from .training import AdapterTrainer
+    from .engine.bases import LoadedBase
+    from .engine.library import AdapterHandle, AdapterLibrary
+    from .engine.training import AdapterTrainer
 
 __all__ = ["SESSION_KEY"]
 
@@ -135,7 +135,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The run's facts; adapter names are file names anyone can propose, so each line is
     escaped (a newline and ``::error::`` in a name must not start a line of its own)."""
-    from .github import escape_log
+    from .reporting.github import escape_log
 
     session = config.stash.get(SESSION_KEY, None)
     return [escape_log(line) for line in session.header_lines()] if session else []
@@ -169,7 +169,7 @@ class VerdictCollector:
             return
         import sys
 
-        from .progress import TerminalProgress
+        from .engine.progress import TerminalProgress
 
         tw = config.get_terminal_writer()
         capman = config.pluginmanager.get_plugin("capturemanager")
@@ -197,8 +197,8 @@ class VerdictCollector:
         self.published = publish(self.document, self.session.settings)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        from .github import annotations, in_github_actions
-        from .report import record_summary, render_coherence
+        from .reporting.github import annotations, in_github_actions
+        from .reporting.terminal import record_summary, render_coherence
 
         config = terminalreporter.config
         records = self.session.records
@@ -300,7 +300,7 @@ def train_adapter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     (``.path``, ``.info``, ``.reused_cache``). pytest-xdist workers asking for the same
     adapter train it once. Silent under capture; ``progress=True`` logs steps.
     """
-    from .training import AdapterTrainer
+    from .engine.training import AdapterTrainer
 
     settings = _session(request).settings
     return AdapterTrainer(base=settings.base_model, device=settings.device, quantize=settings.quantize,

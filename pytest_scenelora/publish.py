@@ -21,8 +21,8 @@ __all__ = ["publish", "session_document"]
 
 def session_document(records: Sequence[Mapping[str, Any]], settings: Settings,
                      baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    from .baseline import baseline_date
-    from .results import build_document
+    from .reporting.baseline import baseline_date
+    from .reporting.results import build_document
 
     stored = None
     if baseline is not None:
@@ -49,17 +49,17 @@ def publish(document: Mapping[str, Any], settings: Settings,
             lines.append(f"scenelora: {what} written to {path}")
 
     if settings.json_path:
-        from .results import write_document
+        from .reporting.results import write_document
 
         attempt("results", settings.json_path, lambda p: write_document(p, document))
     if settings.html_path:
         from .fsutil import atomic_write_text
-        from .html_report import render_html
+        from .reporting.html import render_html
 
         attempt("HTML report", settings.html_path, lambda p: atomic_write_text(p, render_html(document)))
     if settings.update_baseline and settings.baseline_path:
-        from .baseline import update_baseline
         from .errors import SceneloraError
+        from .reporting.baseline import update_baseline
 
         if not records:
             lines.append(f"scenelora: baseline {settings.baseline_path} left as it was: no check ran")
@@ -76,7 +76,7 @@ def publish(document: Mapping[str, Any], settings: Settings,
                              f"from this run, {len(merged['results'])} in all")
     summary_path = environ.get("GITHUB_STEP_SUMMARY")
     if summary_path and environ.get("GITHUB_ACTIONS") == "true" and records:
-        from .github import step_summary
+        from .reporting.github import step_summary
 
         text = step_summary(records, baseline=document.get("baseline"),
                             environment=document.get("environment"))

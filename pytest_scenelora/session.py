@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from . import adapters as fmt
+from .engine import adapters as fmt
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .library import AdapterLibrary
-    from .models import LoadedBase
-    from .runner import SuiteRunner
+    from .checks.runner import SuiteRunner
+    from .engine.bases import LoadedBase
+    from .engine.library import AdapterLibrary
 
 
 class SceneSession:
@@ -64,13 +64,13 @@ class SceneSession:
         rewritten by --scenelora-update-baseline)."""
         if not self.settings.baseline_path or self.settings.update_baseline:
             return None
-        from .results import load_document
+        from .reporting.results import load_document
 
         return load_document(self.settings.baseline_path, what="baseline")
 
     @cached_property
     def runner(self) -> SuiteRunner:
-        from .runner import SuiteRunner
+        from .checks.runner import SuiteRunner
 
         runner = SuiteRunner(self)
         if self.progress is not None:
@@ -79,14 +79,14 @@ class SceneSession:
 
     @cached_property
     def base(self) -> LoadedBase:
-        from .models import load_base
+        from .engine.bases import load_base
 
         return load_base(self.settings.base_model, device=self.settings.device,
                          quantize=self.settings.quantize)
 
     @cached_property
     def library(self) -> AdapterLibrary:
-        from .library import AdapterLibrary
+        from .engine.library import AdapterLibrary
 
         library = AdapterLibrary(self.base)
         for path in self.adapter_paths:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .models import TINY, Device, Quantization
+from .engine.bases import TINY, Device, Quantization
 
 
 def _choice(enum_type: type, what: str):

@@ -2,7 +2,7 @@
 
 They live in the repository's ``fixtures/`` and ``suites/`` folders, installed as the
 ``pytest_scenelora.fixtures`` and ``pytest_scenelora.suites`` packages. A source
-checkout that shadows the installed package (``python -m pytest_scenelora.cli`` run
+checkout that shadows the installed package (``python -m pytest_scenelora.cli.main`` run
 from the repository root) has no such subpackages on disk, so the folders next to
 the package are used instead: a checkout and a wheel find the same files.
 """

@@ -36,7 +36,7 @@ def tiny_base_dir(scenelora_home: Path) -> Path:
     ``SCENELORA_TEST_BASE`` points at an already built base instead (development only:
     it skips the build while the corpus is being edited).
     """
-    from pytest_scenelora.tinybase import ensure_tiny_base
+    from pytest_scenelora.engine.tinybase import ensure_tiny_base
 
     if os.environ.get("SCENELORA_TEST_BASE"):
         return Path(os.environ["SCENELORA_TEST_BASE"])
@@ -48,7 +48,7 @@ def tiny_base(tiny_base_dir: Path):
     """The tiny base loaded for this test alone (a fraction of a second): an AdapterLibrary
     wraps its model with PEFT in place, so a shared one would carry one test's adapters
     into the next test's generations."""
-    from pytest_scenelora.models import load_base
+    from pytest_scenelora.engine.bases import load_base
 
     return load_base(str(tiny_base_dir), device="cpu")
 
@@ -67,8 +67,8 @@ def make_adapter(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from pytest_scenelora.adapters import save_adapter_dir, save_adapter_file
-    from pytest_scenelora.models import fingerprint
+    from pytest_scenelora.engine.adapters import save_adapter_dir, save_adapter_file
+    from pytest_scenelora.engine.bases import fingerprint
 
     out = tmp_path_factory.mktemp("adapters")
     fp = fingerprint(tiny_base_dir)

@@ -2,7 +2,7 @@
 
 A batched forward and a one-row forward (or an AVX2 and an AVX-512 kernel) give logits that
 differ by rounding. A draw can come out differently only at a step whose decision margin
-(:func:`pytest_scenelora.generation.decision_margin`: the logit change that could change
+(:func:`pytest_scenelora.engine.generation.decision_margin`: the logit change that could change
 the pick) is below that difference; after it, the two texts go their own ways. So two
 texts are *the same sample* when they are equal, or when they part at a step whose margin
 is below :data:`LOGIT_TOLERANCE`. A text that parts where the pick was decided by a wide

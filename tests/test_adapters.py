@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_scenelora import adapters as fmt
+from pytest_scenelora.engine import adapters as fmt
 from pytest_scenelora.errors import AdapterFormatError, UnsafeFormatError
 
 PROMPTS = ["Topic: a quiet harbour at night\n", "Scene: Δ42\n"]
 
 
 def scenelora(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest_scenelora.cli", *args],
+    return subprocess.run([sys.executable, "-m", "pytest_scenelora.cli.main", *args],
                           capture_output=True, text=True)
 
 
@@ -55,7 +55,7 @@ def test_metadata_wins_over_the_file_name(make_adapter, tmp_path: Path) -> None:
 
 
 def test_single_file_holds_peft_keys_and_the_contract_metadata(make_adapter, tiny_base_dir) -> None:
-    from pytest_scenelora.models import fingerprint
+    from pytest_scenelora.engine.bases import fingerprint
 
     info = fmt.read_adapter(make_adapter("Δ42_logic", r=4))
     raw = info.path.read_bytes()
@@ -84,7 +84,7 @@ def _logits(base_dir: Path, adapter_dir_or_file: Path) -> object:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pytest_scenelora.models import load_tokenizer
+    from pytest_scenelora.engine.bases import load_tokenizer
 
     tokenizer = load_tokenizer(base_dir)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
@@ -92,8 +92,8 @@ def _logits(base_dir: Path, adapter_dir_or_file: Path) -> object:
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir),
                                           adapter_dir_or_file)
     else:
-        from pytest_scenelora.library import AdapterLibrary
-        from pytest_scenelora.models import load_base
+        from pytest_scenelora.engine.bases import load_base
+        from pytest_scenelora.engine.library import AdapterLibrary
 
         library = AdapterLibrary(load_base(str(base_dir), device="cpu"))
         library.add(adapter_dir_or_file)
@@ -215,7 +215,7 @@ UNREADABLE = {"empty", "truncated", "header too large", "header not JSON", "no c
 def test_every_bad_adapter_is_one_clear_line_naming_the_file(make_adapter, tmp_path, tiny_base_dir, capsys):
     """Unreadable files fail `inspect` with one error line (exit 2); readable ones that
     don't fit the base are shown, marked UNUSABLE, with the reason (exit 1)."""
-    from pytest_scenelora.cli import main
+    from pytest_scenelora.cli.main import main
 
     for kind, (path, words) in _bad_adapters(make_adapter, tmp_path).items():
         code = main(["inspect", str(path), "--base-model", str(tiny_base_dir)])

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_scenelora.baseline import Change, compare_record, paired_bootstrap, update_baseline
-from pytest_scenelora.results import ResultsFileError, build_document, load_document
-from pytest_scenelora.verdict import decide
+from pytest_scenelora.reporting.baseline import Change, compare_record, paired_bootstrap, update_baseline
+from pytest_scenelora.reporting.results import ResultsFileError, build_document, load_document
+from pytest_scenelora.scoring.verdict import decide
 
 
 def rec(scores, *, name: str = "registers_unpack", adapter: str = "Δ42_poetic", threshold: float = 0.5,

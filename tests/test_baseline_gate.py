@@ -110,7 +110,7 @@ def test_a_sabotaged_adapter_regresses_and_a_retrained_one_does_not(baseline, pr
            in out and f": {len(failed)} regressed, 0 improved" in out
     assert "scenelora coherence" not in out
 
-    from pytest_scenelora.cli import main
+    from pytest_scenelora.cli.main import main
 
     assert main(["compare", str(path), str(tmp_path / "candidate.json"), "--color", "no"]) == 1
     assert main(["compare", str(path), str(path), "--color", "no"]) == 0

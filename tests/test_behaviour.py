@@ -25,7 +25,7 @@ SABOTAGE_STEPS = 60
 
 @pytest.fixture(scope="session")
 def demo_adapters(scenelora_home: Path, tiny_base_dir: Path, tmp_path_factory) -> Path:
-    from pytest_scenelora.training import train_demo_library
+    from pytest_scenelora.engine.training import train_demo_library
 
     out = tmp_path_factory.mktemp("demo-adapters")
     train_demo_library(out)
@@ -50,7 +50,7 @@ def fresh_home(scenelora_home: Path, tmp_path: Path, monkeypatch):
 def _rewrite(src: Path, dst: Path, *, metadata=None, transform=None) -> Path:
     from safetensors.torch import load_file, save_file
 
-    from pytest_scenelora.adapters import read_adapter
+    from pytest_scenelora.engine.adapters import read_adapter
 
     info = read_adapter(src)
     tensors = load_file(str(src))
@@ -115,7 +115,7 @@ def test_real_voices_are_active_and_a_zero_adapter_is_not(pytester, demo_adapter
 
 
 def test_another_scene_named_delta42_fails_scene_holds(pytester, demo_adapters, tmp_path) -> None:
-    from pytest_scenelora.training import AdapterTrainer
+    from pytest_scenelora.engine.training import AdapterTrainer
 
     other = AdapterTrainer()(scene="Δ07", role="poetic", steps=SABOTAGE_STEPS)
     fake = _rewrite(other.path, tmp_path / "fake" / "Δ42_poetic.safetensors", metadata={"scene": "Δ42"})
@@ -192,7 +192,7 @@ def test_a_drawn_failing_scene_is_shrunk_printed_and_replayed_first(
 #: A conftest for a pytester run: keeps the size of every generation batch in batches.json.
 BATCH_LOG = """
 import json, pathlib
-from pytest_scenelora.library import AdapterLibrary
+from pytest_scenelora.engine.library import AdapterLibrary
 
 HERE, ORIGINAL, SIZES = pathlib.Path(__file__).parent, AdapterLibrary.generate, []
 
@@ -215,7 +215,7 @@ def test_an_unseen_scenes_check_generates_every_scene_in_one_batch(
     """The scenes Hypothesis will draw are known before it runs them (the same seeded
     engine lists them first), so a passing check generates the listed and drawn scenes'
     samples together: 8 scenes x 8 samples is one batch of at most 64 rows, not eight."""
-    from pytest_scenelora.runner import BATCH_ROWS
+    from pytest_scenelora.checks.runner import BATCH_ROWS
     from pytest_scenelora.scenes import Split, load_scenes
     from pytest_scenelora.suite import load_suite
 
@@ -253,7 +253,7 @@ def test_a_failing_unseen_scenes_check_generates_no_more_than_one_batch_ahead(
     """With 20 scenes to draw, the draws known ahead are generated a batch at a time; the
     relabelled voice fails on its first listed scene, so Hypothesis draws nothing more and
     only that first batch (3 listed + 5 drawn scenes of 8 samples) was generated."""
-    from pytest_scenelora.runner import BATCH_ROWS
+    from pytest_scenelora.checks.runner import BATCH_ROWS
 
     monkeypatch.setenv("CI", "1")
     fresh_home()
@@ -273,7 +273,7 @@ def test_a_voice_whose_register_collapses_off_its_scene_fails_the_topic_shift(
     topic changes. (A voice trained on Δ42 alone is no such thing on this base: its poetic
     register carries over to other topics on about half the samples.)"""
     from pytest_scenelora import shipped
-    from pytest_scenelora.training import AdapterTrainer
+    from pytest_scenelora.engine.training import AdapterTrainer
 
     lines = [json.loads(line) for line in
              shipped.training_data_file().read_text(encoding="utf-8").splitlines()]
@@ -291,7 +291,7 @@ def test_a_voice_whose_register_collapses_off_its_scene_fails_the_topic_shift(
 
 
 def test_a_merge_done_wrong_fails_merge_equivalence(pytester, demo_adapters, tiny_base, tmp_path) -> None:
-    from pytest_scenelora.library import AdapterLibrary
+    from pytest_scenelora.engine.library import AdapterLibrary
 
     library = AdapterLibrary(tiny_base)
     library.add(demo_adapters / "Δ42_poetic.safetensors")
@@ -395,7 +395,7 @@ def test_the_demo_runs_inside_a_project_with_strict_pytest_settings(demo_adapter
         '[tool.pytest.ini_options]\nfilterwarnings = ["error"]\ntestpaths = ["nowhere"]\n'
         'addopts = "--strict-config -x"\n', encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest_scenelora.cli", "demo", "--out", str(tmp_path / "voices"),
+        [sys.executable, "-m", "pytest_scenelora.cli.main", "demo", "--out", str(tmp_path / "voices"),
          "--", "-k", "scene_holds"],
         cwd=project, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     assert result.returncode == 0, result.stdout + result.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pytest_scenelora.cache import ResultCache
-from pytest_scenelora.runner import SHARED_CHUNK, embed_shared
-from pytest_scenelora.scoring import CharNgramScorer
+from pytest_scenelora.checks.runner import SHARED_CHUNK, embed_shared
+from pytest_scenelora.scoring.embedders import CharNgramScorer
 
 WORKERS = 8
 ROUNDS = 50  # before the fix about one round in eight failed: fifty rounds catch it all but 0.1% of the time

@@ -31,8 +31,8 @@ from pytest_scenelora.checks import (
     style_survives_topic_shift,
 )
 from pytest_scenelora.checks.registers import EMPTY
-from pytest_scenelora.scoring import centroid, cosine_matrix, normalize_rows
-from pytest_scenelora.verdict import (
+from pytest_scenelora.scoring.embedders import centroid, cosine_matrix, normalize_rows
+from pytest_scenelora.scoring.verdict import (
     SAMPLES_NEEDED_CAP,
     CheckInputError,
     Sample,
@@ -525,7 +525,7 @@ def _evenly(items: list, k: int) -> list:
 @pytest.fixture(scope="module")
 def shipped() -> dict:
     """The fixture texts this section needs, embedded once in one deduplicated call."""
-    from pytest_scenelora.scoring import Embedder
+    from pytest_scenelora.scoring.embedders import Embedder
 
     data = _load_fixtures()
     # every other topic's first reference: 12 per register (measured: 99.0% of all training
@@ -630,8 +630,8 @@ def test_unseen_scenes_pools_each_distinct_scene_once_in_the_order_tried() -> No
     from pytest_scenelora import shipped
     from pytest_scenelora.checks.unseen import _Trial, distinct_trials
     from pytest_scenelora.scenes import load_scenes
+    from pytest_scenelora.scoring.verdict import decide
     from pytest_scenelora.strategies import novel_vocabularies, scene_from_fields
-    from pytest_scenelora.verdict import decide
 
     scene_set = load_scenes(shipped.scenes_file())
     vocab = novel_vocabularies(scene_set)

@@ -157,7 +157,7 @@ def test_damage_found_mid_run_turns_the_cache_off_instead_of_failing(tmp_path: P
 
 def test_a_damaged_cached_adapter_is_set_aside_and_trained_again(tiny_base_dir: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_scenelora.training import TrainSpec, build_count, train
+    from pytest_scenelora.engine.training import TrainSpec, build_count, train
 
     monkeypatch.setenv("SCENELORA_HOME", str(tmp_path / "home"))
     spec = TrainSpec(scene="Δ42", role="poetic", base=str(tiny_base_dir), steps=2, r=4, batch_size=4,
@@ -186,7 +186,7 @@ def test_a_damaged_cached_adapter_is_set_aside_and_trained_again(tiny_base_dir: 
 def test_a_damaged_file_hash_memo_is_set_aside_and_not_trusted(memo: bytes | str, tiny_base_dir: Path,
                                                                 tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_scenelora.models import weight_files, weights_hash
+    from pytest_scenelora.engine.bases import weight_files, weights_hash
 
     home = tmp_path / "home"
     monkeypatch.setenv("SCENELORA_HOME", str(home))
@@ -388,8 +388,8 @@ SPEC = {"scene": "Δ42", "role": "poetic", "steps": 2, "r": 4, "batch_size": 4, 
 TEAM_CHILD = r"""
 import ctypes
 import torch  # loads the OpenMP runtime whose switch is read below
-from pytest_scenelora.tinybase import _deterministic_torch
-from pytest_scenelora.training import deterministic_torch
+from pytest_scenelora.engine.tinybase import _deterministic_torch
+from pytest_scenelora.engine.training import deterministic_torch
 
 omp = ctypes.CDLL(None)
 before = omp.omp_get_dynamic()
@@ -415,7 +415,7 @@ def test_training_and_the_base_build_run_a_fixed_team_of_threads_even_when_openm
 TRAIN_CHILD = r"""
 import json, sys
 import torch
-from pytest_scenelora.training import TrainSpec, train
+from pytest_scenelora.engine.training import TrainSpec, train
 
 torch.set_num_threads(1)  # what a decode left behind; training must not inherit it
 spec = TrainSpec(base=sys.argv[1], **json.loads(sys.argv[2]))
@@ -428,7 +428,7 @@ def test_the_same_seed_gives_the_same_bytes_whatever_the_threading_settings_arou
     """Trained here, and in a process whose OpenMP and MKL may size teams from the load
     (``OMP_DYNAMIC``/``MKL_DYNAMIC`` true) and whose torch was left on one thread: the same
     file. On a loaded machine the second used fewer threads before training fixed its team."""
-    from pytest_scenelora.training import TrainSpec, train
+    from pytest_scenelora.engine.training import TrainSpec, train
 
     monkeypatch.setenv("SCENELORA_HOME", str(tmp_path / "home"))
     here = train(TrainSpec(base=str(tiny_base_dir), **SPEC), tmp_path / "here", cache=False).path
@@ -438,7 +438,7 @@ def test_the_same_seed_gives_the_same_bytes_whatever_the_threading_settings_arou
     assert child.returncode == 0, child.stderr
     there = Path(child.stdout.strip().splitlines()[-1])
     assert there.read_bytes() == here.read_bytes()
-    from pytest_scenelora.adapters import read_adapter
+    from pytest_scenelora.engine.adapters import read_adapter
 
     recorded = json.loads(read_adapter(here).metadata["train_config"])
     assert recorded["threads"] == 2 and recorded["cpu_kernels"]
@@ -453,7 +453,7 @@ def test_a_command_that_loads_peft_prints_no_third_party_noise(make_adapter, tin
     adapter = make_adapter("Δ42_logic", seed=5)
     scenelora = Path(sys.executable).with_name("scenelora")
     command = [str(scenelora)] if scenelora.is_file() else [sys.executable, "-c",
-                                                            "from pytest_scenelora.cli import main; main()"]
+                                                            "from pytest_scenelora.cli.main import main; main()"]
     result = subprocess.run([*command, "inspect", str(adapter), "--base-model", str(tiny_base_dir)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

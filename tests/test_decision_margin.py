@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_scenelora.generation import GenerationConfig, _sample_row, decision_margin
+from pytest_scenelora.engine.generation import GenerationConfig, _sample_row, decision_margin
 
 CONFIGS = {
     "greedy": GenerationConfig(),

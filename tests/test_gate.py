@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_scenelora.baseline import Change, compare_record, record_tolerance
-from pytest_scenelora.gate import GateOptions, changed_adapters, commit_of, run_gate
-from pytest_scenelora.github import escape_log, escape_markdown, step_summary
+from pytest_scenelora.cli.gate import GateOptions, changed_adapters, commit_of, run_gate
+from pytest_scenelora.reporting.baseline import Change, compare_record, record_tolerance
+from pytest_scenelora.reporting.github import escape_log, escape_markdown, step_summary
 
 SUITE = """\
 scorer: char-ngram
@@ -261,7 +261,7 @@ def test_type_changes_and_folder_links_are_seen(repo, voices) -> None:
 
 
 def test_the_stricter_tolerance_decides() -> None:
-    from pytest_scenelora.verdict import decide
+    from pytest_scenelora.scoring.verdict import decide
 
     def rec(scores: list[float], tolerance: float | None) -> dict:
         verdict = decide("registers_unpack", "Δ42_poetic", scores, 0.5, seed=0)
@@ -293,7 +293,7 @@ def test_markdown_escaping_leaves_no_html_links_or_cells() -> None:
     assert escape_markdown("Δ42_poetic") == "Δ42_poetic"
     assert escape_markdown("<img src=x>|![a](http://e/x.png) @me *b* _i_") == \
         "\\<img src=x\\>\\|!\\[a\\](http://e/x.png) \\@me \\*b\\* \\_i\\_"
-    from pytest_scenelora.verdict import decide
+    from pytest_scenelora.scoring.verdict import decide
 
     verdict = decide("registers_unpack", "<img src=x>|a\nb", [0.0, 0.0], 0.5, seed=0)
     record = {"id": "s.yaml::r[x]", "suite": "s.yaml", "line": 3, "name": "registers_unpack",
@@ -304,7 +304,7 @@ def test_markdown_escaping_leaves_no_html_links_or_cells() -> None:
 
 
 def test_the_gate_command_is_registered(repo, capsys, tmp_path) -> None:
-    from pytest_scenelora.cli import main
+    from pytest_scenelora.cli.main import main
 
     head = commit(repo, "readme", "main", {"README.md": "more docs\n"})
     assert main(["gate", "--repo", str(repo), "--base", "main", "--head", head, "--out", str(tmp_path),

@@ -11,16 +11,15 @@ from __future__ import annotations
 import pytest
 from near_ties import assert_same_decodes
 
-from pytest_scenelora.generation import (
+from pytest_scenelora.engine.generation import (
     GenerationConfig,
     _decode,
     _RowRouting,
     _sample_row,
     _sample_rows,
-    cpu_threads,
-    encoder_threads,
     generate,
 )
+from pytest_scenelora.engine.threads import cpu_threads, encoder_threads
 
 CONFIGS = [
     GenerationConfig(do_sample=True, temperature=0.5, top_p=0.95),  # the shipped suites'
@@ -58,7 +57,7 @@ def test_noise_outside_a_cut_nucleus_is_skipped_exactly(monkeypatch) -> None:
     is lost silently), and the fallback that draws the noise whole must draw the same tokens."""
     import torch
 
-    from pytest_scenelora import generation
+    from pytest_scenelora.engine import generation
 
     assert generation._skipping_is_exact()
     torch.manual_seed(2)
@@ -78,7 +77,7 @@ def test_noise_outside_a_cut_nucleus_is_skipped_exactly(monkeypatch) -> None:
 def test_only_rows_whose_nucleus_ends_early_get_a_cut_ranking() -> None:
     import torch
 
-    from pytest_scenelora.generation import NUCLEUS_CANDIDATES, _rankings
+    from pytest_scenelora.engine.generation import NUCLEUS_CANDIDATES, _rankings
 
     torch.manual_seed(1)
     peaked = torch.softmax(torch.randn(4, 4096) * 12, dim=-1)
@@ -96,8 +95,8 @@ def test_only_rows_whose_nucleus_ends_early_get_a_cut_ranking() -> None:
 
 @pytest.fixture(scope="module")
 def library(tiny_base_dir, make_adapter):
-    from pytest_scenelora.library import AdapterLibrary
-    from pytest_scenelora.models import load_base
+    from pytest_scenelora.engine.bases import load_base
+    from pytest_scenelora.engine.library import AdapterLibrary
 
     # a base of its own: PEFT wraps the model in place, and the session's tiny_base is shared
     library = AdapterLibrary(load_base(str(tiny_base_dir), device="cpu"))
@@ -159,7 +158,7 @@ def test_cuda_batches_are_sized_from_free_memory(tiny_base) -> None:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from pytest_scenelora.generation import rows_per_batch
+    from pytest_scenelora.engine.generation import rows_per_batch
 
     with torch.device("meta"):
         mistral = MistralForCausalLM(MistralConfig()).to(torch.bfloat16)  # the 7B's shape

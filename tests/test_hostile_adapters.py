@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from pytest_scenelora import adapters as fmt
+from pytest_scenelora.engine import adapters as fmt
+from pytest_scenelora.engine.library import AdapterLibrary, base_tensors
 from pytest_scenelora.errors import AdapterFormatError, AdapterMismatchError, LibraryError
-from pytest_scenelora.library import AdapterLibrary, base_tensors
 
 PROMPTS = ["Topic: a quiet harbour at night\n", "Scene: Δ42\n"]
 
@@ -56,7 +56,7 @@ def with_config(src: Path, dst: Path, **changes: Any) -> Path:
 def refused_in_one_line(path: Path, words: str, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
     """*path* is refused by read_adapter with one short line naming it and holding *words*,
     and ``scenelora inspect`` exits 2 with one line on stderr; returns (message, stderr)."""
-    from pytest_scenelora.cli import main
+    from pytest_scenelora.cli.main import main
 
     with pytest.raises(AdapterFormatError) as caught:
         fmt.read_adapter(path)
@@ -154,7 +154,7 @@ def test_every_hostile_adapter_in_one_library_leaves_every_base_tensor_bit_ident
         tiny_base, tiny_base_dir, make_adapter, tmp_path) -> None:
     import torch
 
-    from pytest_scenelora.models import load_base
+    from pytest_scenelora.engine.bases import load_base
 
     files = hostile_library_files(make_adapter, tmp_path / "hostile")
     before = snapshot(tiny_base.model)
@@ -263,7 +263,7 @@ def test_an_adapter_that_saves_whole_modules_is_read_but_not_run_in_a_mixed_batc
     """``--allow-embedding-training`` saves a copy of the LM head: the file is a valid adapter
     (``inspect`` reads it), but the library, which runs every check in mixed batches, refuses
     it in one line, and the base stays as it was."""
-    from pytest_scenelora.training import TrainSpec, train
+    from pytest_scenelora.engine.training import TrainSpec, train
 
     info = train(TrainSpec(scene="Δ42", role="poetic", base=str(tiny_base_dir), target_modules=("v_proj",),
                            modules_to_save=("lm_head",), allow_embedding_training=True, steps=2, r=4,
@@ -337,7 +337,7 @@ def test_the_naive_reference_loads_through_the_gate(make_adapter, tiny_base_dir,
                                                     monkeypatch) -> None:
     """benchmarks/naive_peft.py loads PEFT folders with ``PeftModel.from_pretrained``,
     which would run a stored PiSSA initialisation on its base."""
-    from pytest_scenelora.models import load_base
+    from pytest_scenelora.engine.bases import load_base
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
     import naive_peft
@@ -361,8 +361,8 @@ import torch
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session):
-    from pytest_scenelora.library import base_tensors
-    from pytest_scenelora.models import load_base
+    from pytest_scenelora.engine.library import base_tensors
+    from pytest_scenelora.engine.bases import load_base
     from pytest_scenelora.plugin import SESSION_KEY
 
     scene = session.config.stash[SESSION_KEY]
@@ -529,7 +529,7 @@ def malformed(kind: str, good_header: tuple[dict[str, Any], bytes], directory: P
 @pytest.mark.parametrize("kind", list(MALFORMED))
 def test_a_malformed_header_is_one_line_from_inspect_list_and_convert(kind, good_header, tmp_path,
                                                                       capsys) -> None:
-    from pytest_scenelora.cli import main
+    from pytest_scenelora.cli.main import main
 
     path = malformed(kind, good_header, tmp_path / "lib")
     words = MALFORMED[kind][1]

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_scenelora.cli import main
-from pytest_scenelora.results import build_document, write_document
-from pytest_scenelora.verdict import decide
+from pytest_scenelora.cli.main import main
+from pytest_scenelora.reporting.results import build_document, write_document
+from pytest_scenelora.scoring.verdict import decide
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: Names that rich would read as markup (a closing tag that matches nothing, a hyperlink)
@@ -131,7 +131,7 @@ def test_a_session_in_colour_prints_a_markup_check_name_literally(pytester, make
 
 
 def test_progress_line_writes_control_characters_out() -> None:
-    from pytest_scenelora.progress import progress_line
+    from pytest_scenelora.engine.progress import progress_line
 
     line = progress_line(f"generating 4 samples ({ESCAPE_ADAPTER})", 1, 4, width=200)
     assert "\x1b" not in line and "\r" not in line
@@ -139,7 +139,7 @@ def test_progress_line_writes_control_characters_out() -> None:
 
 
 def test_html_escapes_every_name() -> None:
-    from pytest_scenelora.html_report import render_html
+    from pytest_scenelora.reporting.html import render_html
 
     hostile = '"><script>alert(1)</script>'
     records = [record(f"Δ42_{hostile}", hostile, [0.1, 0.2, 0.15],
@@ -254,7 +254,7 @@ def test_a_merged_model_holding_only_a_pickle_is_refused_in_one_line(pytester, m
 
 def test_an_embedder_folder_holding_only_a_pickle_is_refused_in_one_line(tiny_base_dir, tmp_path: Path) -> None:
     from pytest_scenelora.errors import ScorerError
-    from pytest_scenelora.scoring import make_scorer
+    from pytest_scenelora.scoring.embedders import make_scorer
 
     folder = pickle_folder(tmp_path / "embedder", tiny_base_dir)
     scorer = make_scorer("embedding", folder)
@@ -266,8 +266,8 @@ def test_an_embedder_folder_holding_only_a_pickle_is_refused_in_one_line(tiny_ba
 
 
 def test_a_model_folder_naming_its_own_code_is_refused(tmp_path: Path) -> None:
+    from pytest_scenelora.engine.weights import read_config
     from pytest_scenelora.errors import ScorerError
-    from pytest_scenelora.weights import read_config
 
     (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "evil.Model"}}), "utf-8")
     with pytest.raises(ScorerError, match=r"config\.json: names its own Python code \(auto_map\)"):
@@ -279,8 +279,8 @@ def test_a_model_folder_naming_its_own_code_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5", "99999999999999999999"])
 def test_a_bad_thread_count_in_the_environment_names_the_variable(monkeypatch, value: str) -> None:
+    from pytest_scenelora.engine.threads import cpu_threads, encoder_threads
     from pytest_scenelora.errors import UsageError
-    from pytest_scenelora.generation import cpu_threads, encoder_threads
 
     monkeypatch.setenv("SCENELORA_CPU_THREADS", value)
     for ask in (lambda: cpu_threads(None), encoder_threads):
@@ -344,8 +344,8 @@ def test_a_seed_beyond_what_torch_takes_is_a_usage_error(pytester) -> None:
 
 
 def test_a_huge_scene_core_is_cut_to_the_context_and_generation_returns(tiny_base) -> None:
-    from pytest_scenelora.generation import GenerationConfig, max_positions
-    from pytest_scenelora.library import AdapterLibrary
+    from pytest_scenelora.engine.generation import GenerationConfig, max_positions
+    from pytest_scenelora.engine.library import AdapterLibrary
     from pytest_scenelora.prompts import scene_prompt
 
     library = AdapterLibrary(tiny_base)

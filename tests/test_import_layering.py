@@ -98,8 +98,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_deferred_imports() -> None:
     graph = import_graph()
-    assert "pytest_scenelora.models" in graph["pytest_scenelora.adapters"]  # inside validate()
-    assert "pytest_scenelora.results" in graph["pytest_scenelora.report"]
+    assert "pytest_scenelora.engine.bases" in graph["pytest_scenelora.engine.adapters"]  # inside validate()
+    assert "pytest_scenelora.reporting.results" in graph["pytest_scenelora.reporting.terminal"]
 
 
 def test_the_package_has_no_import_loop() -> None:
@@ -110,3 +110,40 @@ def test_the_package_has_no_import_loop() -> None:
 def test_a_loop_is_found() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+#: The layers, top first: a module imports only from its own layer or the ones below it.
+#: Modules at the package's top level belong to the pytest glue unless named here as the
+#: foundation every layer shares.
+LAYERS = ("cli", "glue", "reporting", "checks", "scoring", "engine", "foundation")
+FOUNDATION = {"errors", "fsutil", "cache", "workers", "specs", "scenes", "prompts", "shipped",
+              "strategies", "text"}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")[1:]
+    if not parts:
+        return "glue"  # the package's __init__: the public API, re-exported lazily
+    if parts[0] in LAYERS:
+        return parts[0]
+    return "foundation" if parts[0] in FOUNDATION else "glue"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    return sorted(f"{source} ({layer_of(source)}) imports {target} ({layer_of(target)})"
+                  for source, targets in graph.items() for target in targets
+                  if rank[layer_of(target)] < rank[layer_of(source)])
+
+
+def test_imports_go_down_the_layers_only() -> None:
+    graph = import_graph()
+    assert {layer_of(m) for m in graph} == set(LAYERS)  # every layer exists, none is misspelt
+    assert upward_imports(graph) == []
+
+
+def test_an_upward_import_is_found() -> None:
+    graph = {"pytest_scenelora.engine.bases": {"pytest_scenelora.reporting.terminal"},
+             "pytest_scenelora.reporting.terminal": {"pytest_scenelora.text"}}
+    assert upward_imports(graph) == [
+        "pytest_scenelora.engine.bases (engine) imports pytest_scenelora.reporting.terminal (reporting)"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from near_ties import assert_same_decodes
 
+from pytest_scenelora.engine.generation import GenerationConfig
+from pytest_scenelora.engine.library import AdapterLibrary
 from pytest_scenelora.errors import LibraryError
-from pytest_scenelora.generation import GenerationConfig
-from pytest_scenelora.library import AdapterLibrary
 
 PROMPTS = [
     "Topic: a quiet harbour at night\n",
@@ -19,7 +19,7 @@ SHORT = GenerationConfig(max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def library(tiny_base_dir, make_adapter) -> AdapterLibrary:
-    from pytest_scenelora.models import load_base
+    from pytest_scenelora.engine.bases import load_base
 
     library = AdapterLibrary(load_base(str(tiny_base_dir), device="cpu"))  # a base of its own
     for seed, role in enumerate(["logic", "poetic", "body", "silence"]):
@@ -135,7 +135,7 @@ def _retarget(path, target):
 
     from safetensors.torch import load_file, save_file
 
-    from pytest_scenelora.adapters import read_adapter
+    from pytest_scenelora.engine.adapters import read_adapter
 
     info = read_adapter(path)
     config = dict(info.peft_config, target_modules=[target])

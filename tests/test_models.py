@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_scenelora import models
+from pytest_scenelora.engine import bases as models
 from pytest_scenelora.errors import BaseModelError, BaseModelNotFoundError
 
 
 def scenelora(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest_scenelora.cli", *args],
+    return subprocess.run([sys.executable, "-m", "pytest_scenelora.cli.main", *args],
                           capture_output=True, text=True)
 
 
@@ -90,7 +90,7 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("quantize", ["8bit", "4bit"])
 def test_quantized_bases_load_and_generate_on_cpu(tiny_base_dir: Path, quantize: str) -> None:
-    from pytest_scenelora.generation import GenerationConfig, generate
+    from pytest_scenelora.engine.generation import GenerationConfig, generate
 
     base = models.load_base(str(tiny_base_dir), device="cpu", quantize=quantize)
     assert base.quantization.value == quantize

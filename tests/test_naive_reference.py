@@ -75,7 +75,7 @@ def naive_peft(monkeypatch):
 
 def test_naive_reference_gives_scenelora_texts_and_scores(naive_peft, tiny_base_dir, make_adapter,
                                                           tmp_path, monkeypatch) -> None:
-    from pytest_scenelora.runner import Request
+    from pytest_scenelora.checks.runner import Request
     from pytest_scenelora.session import SceneSession
     from pytest_scenelora.settings import Settings
     from pytest_scenelora.suite import load_suite

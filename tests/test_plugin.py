@@ -93,7 +93,7 @@ def test_an_adapter_that_does_not_fit_fails_in_one_line(pytester, make_adapter, 
 
     from safetensors.torch import load_file, save_file
 
-    from pytest_scenelora.adapters import read_adapter
+    from pytest_scenelora.engine.adapters import read_adapter
 
     path = make_adapter("Δ42_poetic", seed=4, directory=tmp_path)
     info = read_adapter(path)

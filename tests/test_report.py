@@ -130,7 +130,7 @@ def test_html_report_renders_in_headless_chromium(xdist_run, tmp_path: Path) -> 
 
 
 def test_report_command_renders_the_same_html_from_the_json(xdist_run, tmp_path: Path) -> None:
-    from pytest_scenelora.cli import main
+    from pytest_scenelora.cli.main import main
 
     _, where = xdist_run
     out = tmp_path / "again.html"

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_scenelora.cli import main
-from pytest_scenelora.github import annotations, escape_data, escape_property, step_summary
-from pytest_scenelora.html_report import render_html
-from pytest_scenelora.report import ci_bar, record_summary, render_coherence
-from pytest_scenelora.results import ResultsFileError, build_document, load_document, write_document
-from pytest_scenelora.verdict import decide
+from pytest_scenelora.cli.main import main
+from pytest_scenelora.reporting.github import annotations, escape_data, escape_property, step_summary
+from pytest_scenelora.reporting.html import render_html
+from pytest_scenelora.reporting.results import ResultsFileError, build_document, load_document, write_document
+from pytest_scenelora.reporting.terminal import ci_bar, record_summary, render_coherence
+from pytest_scenelora.scoring.verdict import decide
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -197,7 +197,7 @@ def test_results_document_is_valid_json_without_nan(records, tmp_path: Path) -> 
 
 
 def test_progress_is_drawn_in_place_and_erased_when_done() -> None:
-    from pytest_scenelora.progress import TerminalProgress, progress_line
+    from pytest_scenelora.engine.progress import TerminalProgress, progress_line
 
     written: list[str] = []
     began: list[bool] = []

@@ -22,21 +22,20 @@ import pytest
 import yaml
 
 from pytest_scenelora.errors import SceneloraError
-from pytest_scenelora.scoring import (
+from pytest_scenelora.scoring.embedders import (
     CharNgramScorer,
     Embedder,
     MemoryVectorCache,
     Scorer,
     ScorerError,
     VectorCache,
-    bootstrap_ci,
     centroid,
     cosine_matrix,
     make_scorer,
     normalize_rows,
     similarity_to,
-    wilson_ci,
 )
+from pytest_scenelora.scoring.statistics import bootstrap_ci, wilson_ci
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -197,7 +196,7 @@ def test_char_ngram_vectors_are_unit_float32_and_deterministic() -> None:
 
 
 def test_char_ngram_vectors_do_not_depend_on_python_hash_seed() -> None:
-    code = ("import hashlib; from pytest_scenelora.scoring import CharNgramScorer; "
+    code = ("import hashlib; from pytest_scenelora.scoring.embedders import CharNgramScorer; "
             "v = CharNgramScorer().embed(['Δ42: the keeper lets go of the lamp', 'Старый маяк']); "
             "print(hashlib.sha256(v.tobytes()).hexdigest())")
     digests = {
@@ -244,7 +243,7 @@ def test_char_ngrams_separate_russian_topics() -> None:
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
     """The bundled embedder, loaded with sockets refused: proof that nothing downloads."""
-    from pytest_scenelora import scoring
+    from pytest_scenelora.scoring import embedders as scoring
 
     scoring._load_sentence_transformer.cache_clear()
 
@@ -386,7 +385,7 @@ def test_minilm_does_not_separate_russian_topics_where_char_ngrams_do(embedder: 
 
 
 def test_importing_scoring_loads_no_model_library() -> None:
-    code = ("import sys, pytest_scenelora.scoring, pytest_scenelora.verdict, pytest_scenelora.checks; "
+    code = ("import sys, pytest_scenelora.scoring.embedders, pytest_scenelora.scoring.verdict, pytest_scenelora.checks; "
             "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

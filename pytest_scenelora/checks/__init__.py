@@ -2,7 +2,7 @@
 samples, vectors or logits (through a :class:`CheckContext`), and its pure judgement.
 
 The judgements are pure functions of scores and vectors returning a
-:class:`~pytest_scenelora.verdict.Verdict`; nothing here knows about pytest. A project
+:class:`~pytest_scenelora.scoring.verdict.Verdict`; nothing here knows about pytest. A project
 adds a kind of its own with a :class:`CheckKind` returned from the
 ``pytest_scenelora_check_kinds`` hook (README, "Writing a check kind"). ``CHECKS`` maps a
 kind to its pure judgement; ``unseen_scenes`` is not listed because it is

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..verdict import CheckInputError, Verdict, decide
+from ..scoring.verdict import CheckInputError, Verdict, decide
 from .kind import CheckKind, Param
 
 if TYPE_CHECKING:

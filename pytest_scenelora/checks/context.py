@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from ..prompts import InputMode, scene_prompt, topic_prompt
 
 if TYPE_CHECKING:
-    from ..generation import GenerationConfig
-    from ..library import AdapterLibrary
+    from ..engine.generation import GenerationConfig
+    from ..engine.library import AdapterLibrary
     from ..scenes import Scene, Topic
     from ..specs import CheckSpec, Suite
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from ..specs import Param
 
 if TYPE_CHECKING:
+    from ..scoring.verdict import Verdict
     from ..specs import CheckSpec
-    from ..verdict import Verdict
     from .context import CheckContext
 
 #: Keys every check has, which a kind's parameters may not reuse.

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..scenes import excerpt
+from ..scoring.verdict import CheckInputError, Status, Verdict, pick_worst
 from ..specs import SuiteError
-from ..verdict import CheckInputError, Status, Verdict, pick_worst
 from .kind import CheckKind, Param
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def load_merged(context: CheckContext, spec: CheckSpec) -> Any:
     unless it is safetensors without code of its own and has the base's shape."""
     from transformers import AutoModelForCausalLM
 
-    from ..weights import check_model_folder, read_config
+    from ..engine.weights import check_model_folder, read_config
 
     suite = context.suite
     path = Path(spec["merged_model"])

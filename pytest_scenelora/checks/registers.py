@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..scoring import normalize_rows
-from ..verdict import CheckInputError, Verdict, decide
+from ..scoring.embedders import normalize_rows
+from ..scoring.verdict import CheckInputError, Verdict, decide
 from .kind import CheckKind, Param
 from .scene import SCENE_PARAM, gather_scene_samples, scene_margins
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..prompts import InputMode
-from ..scoring import cosine_matrix, similarity_to
-from ..verdict import CheckInputError, Verdict, decide
+from ..scoring.embedders import cosine_matrix, similarity_to
+from ..scoring.verdict import CheckInputError, Verdict, decide
 from .context import Request
 from .kind import CheckKind, Param
 

@@ -9,7 +9,7 @@ worst sample is taken from the worst topic.
 
 A topic is given as one vector (its description embedded) or as a stack of vectors (its
 reference texts in every register), compared by mean cosine
-(:func:`~pytest_scenelora.scoring.similarity_to`). The stack works for both scorers
+(:func:`~pytest_scenelora.scoring.embedders.similarity_to`). The stack works for both scorers
 (98.7% of the shipped training topic texts follow their topic with either); the
 description works for all-MiniLM-L6-v2 (98.7%) but not for char n-grams (63%: one short
 sentence shares few n-grams with a paragraph). Never pass a topic's *centroid* against
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..scoring import similarity_to
-from ..verdict import CheckInputError, Verdict, decide, pick_worst
+from ..scoring.embedders import similarity_to
+from ..scoring.verdict import CheckInputError, Verdict, decide, pick_worst
 from .context import Request
 from .kind import CheckKind, Param
 from .registers import REGISTER_PARAM, RegisterSpace

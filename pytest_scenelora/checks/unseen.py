@@ -28,7 +28,7 @@ import numpy as np
 from ..fsutil import cache_home
 from ..prompts import InputMode
 from ..scenes import Scene, Split
-from ..verdict import Sample, Status, Verdict, decide
+from ..scoring.verdict import Sample, Status, Verdict, decide
 from .context import Request
 from .kind import CheckKind, Param
 from .registers import REGISTER_PARAM, register_holds

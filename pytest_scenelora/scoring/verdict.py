@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckInputError
-from .scoring import bootstrap_ci, wilson_ci
+from ..errors import CheckInputError
+from .statistics import bootstrap_ci, wilson_ci
 
 __all__ = [
     "SAMPLES_NEEDED_CAP",

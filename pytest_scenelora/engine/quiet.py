@@ -1,6 +1,6 @@
 """Third-party noise: messages from the libraries this package drives that no user can act on.
 
-Everything here imports nothing of this package, so the model modules (:mod:`.models`,
+Everything here imports nothing of this package, so the model modules (:mod:`.bases`,
 :mod:`.tinybase`, :mod:`.adapters`, :mod:`.library`, :mod:`.training`) share it without
 importing one another for it.
 """
@@ -53,7 +53,7 @@ def silence_bitsandbytes_kernels_notice() -> None:
     """Filter bitsandbytes' kernels notice out of its logger, once per process.
 
     Runs when this module is imported, which the CLI and the pytest plugin do (through
-    ``settings`` and :mod:`.models`) before anything imports PEFT or bitsandbytes; getting the logger by
+    ``settings`` and :mod:`.bases`) before anything imports PEFT or bitsandbytes; getting the logger by
     name now hands bitsandbytes the same logger, filter attached, when it imports.
     """
     logger = logging.getLogger(BNB_KERNELS_LOGGER)
@@ -82,7 +82,7 @@ def import_peft_quietly() -> None:
     """Import PEFT (and with it bitsandbytes) without torch's ``script_method`` deprecations.
 
     Only the first import warns, so it is done here, under a filter for that one message.
-    :func:`.models.load_base` and :func:`peft_wrapping_quietly` call it: in a pytest session PEFT
+    :func:`.bases.load_base` and :func:`peft_wrapping_quietly` call it: in a pytest session PEFT
     is first needed once a base is loaded. (A command's own Python hides library
     DeprecationWarnings anyway; pytest is what lists them.)
     """

@@ -40,9 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from .adapters import PEFT_CONFIG, SUFFIX, adapter_name
-from .errors import UsageError
-from .github import annotations, escape_data, escape_log, escape_markdown, in_github_actions, step_summary
+from ..engine.adapters import PEFT_CONFIG, SUFFIX, adapter_name
+from ..errors import UsageError
+from ..reporting.github import (
+    annotations,
+    escape_data,
+    escape_log,
+    escape_markdown,
+    in_github_actions,
+    step_summary,
+)
 
 __all__ = ["AdapterChange", "GatePlan", "add_gate_command", "changed_adapters", "run_gate"]
 

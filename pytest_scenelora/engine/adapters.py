@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import AdapterFormatError, AdapterMismatchError, UnsafeFormatError
-from .fsutil import atomic_dir, atomic_path, canonical_json
+from ..errors import AdapterFormatError, AdapterMismatchError, UnsafeFormatError
+from ..fsutil import atomic_dir, atomic_path, canonical_json
 from .safetensors_header import MAX_HEADER, TensorEntry, excerpt, is_count, read_header
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def read_adapter(path: str | os.PathLike[str]) -> AdapterInfo:
         raise AdapterFormatError(
             f"{path}: no 'peft_config' in the safetensors metadata, so its LoRA config is "
             "unknown; write it with `scenelora convert` from a PEFT folder, or save it with "
-            "pytest_scenelora.adapters.save_adapter_file"
+            "pytest_scenelora.engine.adapters.save_adapter_file"
         )
     try:
         peft_config = json.loads(metadata["peft_config"])
@@ -643,7 +643,7 @@ def expected_tensors(base_dir: Path, peft_config: Mapping[str, Any]) -> dict[str
 
 def validate(info: AdapterInfo, base_dir: Path, base_fingerprint: str | None = None) -> Validation:
     """Check that *info* fits the base in *base_dir*; never raises for a misfit."""
-    from .models import fingerprint
+    from .bases import fingerprint
 
     found = Validation()
     where = info.path

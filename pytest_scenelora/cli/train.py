@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .models import TINY
-from .report import printable
-from .settings import number_parser, parse_device, parse_quantization, parse_seed
+from ..engine.bases import TINY
+from ..settings import number_parser, parse_device, parse_quantization, parse_seed
+from ..text import printable
 
 _positive_int = number_parser(int, lambda n: n >= 1, "must be 1 or more")
 # upper bounds where a huge value fails deep in torch (an overflow, an allocation) instead
@@ -38,7 +38,7 @@ def _names(value: str) -> list[str]:
 
 
 def _preset(value: str) -> str:
-    from .training import TargetPreset  # light: training imports torch lazily only in functions
+    from ..engine.training import TargetPreset  # light: training imports torch lazily only in functions
 
     try:
         return TargetPreset(value).value
@@ -93,7 +93,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
                            "destroys meaning compressed into a hypertoken)")
 
     run = parser.add_argument_group("training")
-    from .training import DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_STEPS, DEFAULT_THREADS, TINY_LR
+    from ..engine.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_STEPS, DEFAULT_THREADS, TINY_LR
 
     run.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, metavar="N",
                      help=f"optimizer steps (default {DEFAULT_STEPS})")
@@ -158,7 +158,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import DEMO_ROLES, DEMO_SCENE, TrainingError, TrainSpec, progress_for, train
+    from ..engine.training import DEMO_ROLES, DEMO_SCENE, TrainingError, TrainSpec, progress_for, train
 
     if args.all and (args.scene or args.role):
         raise TrainingError("--all trains the demo library (Δ42 in four roles); drop --scene/--role")
@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     specs = [TrainSpec(scene=scene, role=role, **fields) for scene, role in wanted]  # validate first
     progress = progress_for(args.progress, sys.stderr)
     if args.base_model == TINY and progress is not None:
-        from .tinybase import ensure_tiny_base
+        from ..engine.tinybase import ensure_tiny_base
 
         # the first run builds the tiny base (a minute or two): say so instead of hanging
         ensure_tiny_base(progress=lambda line: print(line, file=sys.stderr, flush=True))

@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import adapters as fmt
-from .errors import AdapterFormatError, SceneloraError
-from .report import plain, printable
-from .settings import parse_device, parse_quantization
+from ..engine import adapters as fmt
+from ..errors import AdapterFormatError, SceneloraError
+from ..reporting.terminal import plain
+from ..settings import parse_device, parse_quantization
+from ..text import printable
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -63,7 +64,7 @@ def _human_bytes(n: int) -> str:
 
 
 def cmd_base_list(args: argparse.Namespace) -> int:
-    from .models import preset_rows
+    from ..engine.bases import preset_rows
 
     rows = [(r["name"], r["hf_id"], r["family"], r["on_disk"]) for r in preset_rows()]
     _print_table("base models", ("name", "Hugging Face id", "family", "on disk"), rows)
@@ -71,13 +72,13 @@ def cmd_base_list(args: argparse.Namespace) -> int:
 
 
 def cmd_base_path(args: argparse.Namespace) -> int:
-    from .models import resolve_base
+    from ..engine.bases import resolve_base
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr)
 
     if args.name == "tiny":
-        from .tinybase import ensure_tiny_base
+        from ..engine.tinybase import ensure_tiny_base
 
         print(ensure_tiny_base(progress=progress))
     else:
@@ -107,7 +108,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     findings = fmt.Validation()
     against = "structure only (pass --base-model to check it against a base)"
     if args.base_model:
-        from .models import fingerprint, resolve_base
+        from ..engine.bases import fingerprint, resolve_base
 
         base_dir = resolve_base(args.base_model)
         findings = fmt.validate(info, base_dir, fingerprint(base_dir))
@@ -150,7 +151,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     base_dir = fp = None
     if args.base_model:
-        from .models import fingerprint, resolve_base
+        from ..engine.bases import fingerprint, resolve_base
 
         base_dir = resolve_base(args.base_model)
         fp = fingerprint(base_dir)
@@ -217,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Subcommands that live beside the modules they drive."""
-    from .cli_report import add_report_commands
-    from .cli_train import add_train_command
     from .gate import add_gate_command
+    from .report import add_report_commands
+    from .train import add_train_command
 
     return [add_train_command, add_demo_command, add_report_commands, add_gate_command]
 
@@ -247,9 +248,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import pytest
 
-    from . import shipped
-    from .tinybase import ensure_tiny_base
-    from .training import progress_for, train_demo_library
+    from .. import shipped
+    from ..engine.tinybase import ensure_tiny_base
+    from ..engine.training import progress_for, train_demo_library
 
     console = _console()
     start = time.perf_counter()

@@ -7,7 +7,7 @@ between runs of the same suites and pairs a candidate with its baseline. Per-sam
 scores are kept in sample-index order (samples are seeded), so two runs pair up sample
 by sample.
 
-Pure data: building and validating documents here, writing through :mod:`.fsutil`.
+Pure data: building and validating documents here, writing through :mod:`..fsutil`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import SceneloraError
-from .fsutil import atomic_write_text
+from ..errors import SceneloraError
+from ..fsutil import atomic_write_text
 
 FORMAT = "scenelora-results"
 VERSION = 1
@@ -95,7 +95,7 @@ def build_document(
     baseline: Mapping[str, Any] | None = None,
     created: str | None = None,
 ) -> dict[str, Any]:
-    """The document for a session's *records* (as :mod:`.items` makes them).
+    """The document for a session's *records* (as :mod:`..items` makes them).
 
     The adapters and base blocks are gathered from the records: under pytest-xdist only
     the workers load models, and each record carries what its worker saw.

@@ -1,6 +1,6 @@
 """Base models: presets, offline resolution, fingerprints, and loading.
 
-A base is named by ``tiny`` (built locally, see :mod:`pytest_scenelora.tinybase`), a
+A base is named by ``tiny`` (built locally, see :mod:`pytest_scenelora.engine.tinybase`), a
 preset name, a local directory, or a Hugging Face id that must already be in the local
 HF cache. Nothing here ever touches the network: a base that is not on disk is a
 :class:`~pytest_scenelora.errors.BaseModelNotFoundError` naming what was looked for.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BaseModelError, BaseModelNotFoundError
+from ..errors import BaseModelError, BaseModelNotFoundError
 from .quiet import import_peft_quietly, quiet_transformers
 from .safetensors_header import read_header
 
@@ -186,7 +186,7 @@ def weights_hash(model_dir: Path) -> str:
     shapes never serves stale results. Each file's digest is remembered under
     ``<cache home>/file-hashes.json`` by path, size and mtime, so a 7B base is read once.
     """
-    from .fsutil import atomic_path, cache_home, sha256_file
+    from ..fsutil import atomic_path, cache_home, sha256_file
 
     model_dir = Path(model_dir).resolve()
     memo_path = cache_home() / "file-hashes.json"
@@ -217,7 +217,7 @@ def _read_hash_memo(memo_path: Path) -> dict[str, list[str]]:
     concurrent process may have just rewritten it), a warning says so, and the digests
     are recomputed.
     """
-    from .fsutil import file_lock, set_aside
+    from ..fsutil import file_lock, set_aside
 
     def parse(raw: bytes) -> tuple[dict[str, list[str]], str | None]:
         try:

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .fsutil import file_lock
+from ..fsutil import file_lock
+from ..scoring.verdict import fmt_number
 from .results import load_document, merge_documents, write_document
-from .verdict import fmt_number
 
 __all__ = ["Change", "Comparison", "compare_documents", "compare_record", "paired_bootstrap",
            "record_tolerance", "update_baseline"]

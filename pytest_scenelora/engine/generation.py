@@ -15,13 +15,13 @@ compare samples across batching and machines with it rather than by equality.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .fsutil import canonical_json
+from ..fsutil import canonical_json
+from .threads import cpu_thread_limit, cpu_threads
 
 BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -318,74 +318,6 @@ def rows_per_batch(model: Any, tokens: int, *, share: float = 0.6, most: int = 5
     if free is None:
         free, _total = torch.cuda.mem_get_info()
     return max(1, min(most, int(free * share) // max(per_row, 1)))
-
-
-def cpu_threads(model: Any) -> int | None:
-    """How many intra-op threads a decode on *model* should use on CPU (None: leave torch's).
-
-    A small model's ops take microseconds, so fanning each one out to OpenMP threads
-    costs more than it saves, and when the cores are shared (CI runners, xdist workers)
-    threads wait on each other: on a loaded machine one thread decodes the tiny base
-    several times faster than two, with identical text. Models of width 1024 and up keep
-    torch's default. ``SCENELORA_CPU_THREADS`` overrides both.
-    """
-    explicit = _threads_asked()
-    if explicit:
-        return explicit
-    config = getattr(model, "config", None)
-    width = getattr(config, "hidden_size", None)
-    if width is None and hasattr(model, "get_base_model"):
-        width = getattr(getattr(model.get_base_model(), "config", None), "hidden_size", None)
-    return 1 if isinstance(width, int) and width < 1024 else None
-
-
-def encoder_threads() -> int:
-    """How many intra-op threads a sentence encoder's batches should use on CPU.
-
-    Unlike a decode step, a batch of 64 texts is big enough to split across idle cores, but
-    a thread on a core that another part of this run keeps busy slows the batch down rather
-    than speeding it up. So: the cores this process may run on, shared evenly among
-    pytest-xdist's workers. ``SCENELORA_CPU_THREADS`` overrides.
-    """
-    from .workers import cores, worker_count
-
-    return _threads_asked() or max(1, cores() // worker_count())
-
-
-def _threads_asked() -> int | None:
-    """The thread count ``SCENELORA_CPU_THREADS`` asks for (None: not set or empty).
-
-    Anything but a whole number from 1 to 1024 is a :class:`UsageError` naming the
-    variable, rather than a ``ValueError`` from ``int()`` (or torch's overflow) deep in a
-    decode.
-    """
-    import os
-
-    from .errors import UsageError
-
-    explicit = os.environ.get("SCENELORA_CPU_THREADS", "").strip()
-    if not explicit:
-        return None
-    if not explicit.isascii() or not explicit.isdigit() or not 1 <= int(explicit) <= 1024:
-        raise UsageError(f"SCENELORA_CPU_THREADS={explicit[:40]!r} is not a thread count; set it to a "
-                         "whole number from 1 to 1024, or unset it to let scenelora choose")
-    return int(explicit)
-
-
-@contextlib.contextmanager
-def cpu_thread_limit(count: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to *count* inside the block (None: unchanged)."""
-    import torch
-
-    if count is None or count == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _RowRouting:

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import LibraryError
+from ..fsutil import canonical_json, sha256_bytes
 from . import adapters as fmt
-from .errors import LibraryError
-from .fsutil import canonical_json, sha256_bytes
+from .bases import LoadedBase
 from .generation import (
     BASE_ROW,
     DEFAULT_CONFIG,
@@ -28,7 +29,6 @@ from .generation import (
     encode_prompts,
     generate,
 )
-from .models import LoadedBase
 
 #: Default for ``adapters=``: run whatever adapter is active (see :meth:`AdapterLibrary.switch`).
 ACTIVE: Any = type("Active", (), {"__repr__": lambda self: "ACTIVE"})()

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import shipped
-from .fsutil import atomic_dir, cache_home, canonical_json, file_lock, hash_files, sha256_bytes
+from .. import shipped
+from ..fsutil import atomic_dir, cache_home, canonical_json, file_lock, hash_files, sha256_bytes
 from .threads import fixed_team_size
 
 #: Everything that shapes the built weights. Change any value and the cache key changes.
@@ -200,7 +200,7 @@ def build_tiny_base(
             if settled <= goal:
                 break
             if attempt == 2:
-                from .errors import BaseModelError
+                from ..errors import BaseModelError
 
                 raise BaseModelError(
                     f"the tiny base did not learn its corpus on this machine: the loss settled at "

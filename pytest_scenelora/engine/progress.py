@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .report import printable
+from ..text import printable
 
 __all__ = ["Progress", "TerminalProgress"]
 

@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .cache import ResultCache, generation_key
-from .checks.context import CheckContext, Request, scene_request_prompt, topic_request_prompt
-from .fsutil import canonical_json, sha256_bytes
-from .generation import GenerationConfig, rows_per_batch
-from .scenes import Scene, World, excerpt, load_world
-from .specs import CheckSpec, Scorer, Suite, SuiteError
+from ..cache import ResultCache, generation_key
+from ..engine.generation import GenerationConfig, rows_per_batch
+from ..fsutil import canonical_json, sha256_bytes
+from ..scenes import Scene, World, excerpt, load_world
+from ..specs import CheckSpec, Scorer, Suite, SuiteError
+from .context import CheckContext, Request, scene_request_prompt, topic_request_prompt
 
 if TYPE_CHECKING:
-    from .adapters import AdapterInfo
-    from .library import AdapterLibrary
-    from .models import LoadedBase
-    from .settings import Settings
-    from .verdict import Verdict
+    from ..engine.adapters import AdapterInfo
+    from ..engine.bases import LoadedBase
+    from ..engine.library import AdapterLibrary
+    from ..scoring.verdict import Verdict
+    from ..settings import Settings
 
 #: Rows per generation batch on CPU; on CUDA it is chosen from free memory.
 BATCH_ROWS = 64
@@ -102,7 +102,7 @@ class SuiteRunner:
     def adapter(self, name: str) -> AdapterIdentity:
         """An adapter's scene, role and content hash: from the library once it is loaded,
         else from the adapter files' headers (no model needed)."""
-        from . import adapters as fmt
+        from ..engine import adapters as fmt
 
         if not self.model_loaded:
             if self._headers is None:
@@ -120,7 +120,7 @@ class SuiteRunner:
         """What the results document says of the base: name, fingerprint, content hash,
         device, dtype, quantization; from the loaded base, or from its files (no model)."""
         if self._base_record is None:
-            from .models import fingerprint, pick_device, pick_dtype, resolve_base, weights_hash
+            from ..engine.bases import fingerprint, pick_device, pick_dtype, resolve_base, weights_hash
 
             settings = self.session.settings
             if self.session.base_loaded:
@@ -153,7 +153,7 @@ class SuiteRunner:
         return self._worlds[key]
 
     def scorer(self, suite: Suite) -> Any:
-        from .scoring import make_scorer
+        from ..scoring.embedders import make_scorer
 
         embedder = suite.embedder or self.session.settings.embedder
         key = (suite.scorer.value, embedder if suite.scorer is Scorer.EMBEDDING else None)
@@ -164,7 +164,7 @@ class SuiteRunner:
         return self._scorers[key]
 
     def register_space(self, suite: Suite) -> Any:
-        from .checks.registers import register_centroids
+        from .registers import register_centroids
 
         world, scorer = self.world(suite), self.scorer(suite)
         key = (id(world), id(scorer))
@@ -252,7 +252,7 @@ class SuiteRunner:
         :class:`CheckContext` on this runner: what it generates and embeds is cached here."""
         definition = spec.definition
         if definition is None:  # a spec built by hand: the shipped kind of that name
-            from .checks.registry import by_name, shipped_kinds
+            from .registry import by_name, shipped_kinds
 
             definition = by_name(shipped_kinds()).get(spec.kind)
             if definition is None:
@@ -299,7 +299,7 @@ def embed_shared(scorer: Any, texts: Sequence[str]) -> None:
     goes round the whole ring. The chunks are the
     same whoever embeds them, so every vector is that of a run without xdist.
     """
-    from .workers import worker_count, worker_index
+    from ..workers import worker_count, worker_index
 
     chunks = [list(texts[i : i + SHARED_CHUNK]) for i in range(0, len(texts), SHARED_CHUNK)]
     start = len(chunks) * worker_index() // worker_count()

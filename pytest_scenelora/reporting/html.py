@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from .report import record_matrix, record_summary, worst_label
-from .verdict import fmt_number
+from ..scoring.verdict import fmt_number
+from .terminal import record_matrix, record_summary, worst_label
 
 __all__ = ["render_html"]
 
@@ -244,7 +244,7 @@ def strip_svg(verdict: Mapping[str, Any]) -> str:
 
 
 def _explain(verdict: Mapping[str, Any]) -> str:
-    from .verdict import Verdict
+    from ..scoring.verdict import Verdict
 
     try:
         return Verdict.from_dict(verdict).explain()

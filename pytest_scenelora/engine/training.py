@@ -39,10 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from . import adapters as fmt
-from . import shipped
-from .errors import SceneloraError
-from .fsutil import (
+from .. import shipped
+from ..errors import SceneloraError
+from ..fsutil import (
     atomic_path,
     atomic_write_bytes,
     cache_home,
@@ -52,8 +51,9 @@ from .fsutil import (
     sha256_bytes,
     sha256_file,
 )
-from .models import TINY, Device, Quantization
-from .prompts import InputMode, scene_prompt, topic_prompt
+from ..prompts import InputMode, scene_prompt, topic_prompt
+from . import adapters as fmt
+from .bases import TINY, Device, Quantization
 from .quiet import peft_wrapping_quietly
 from .threads import fixed_team_size
 
@@ -481,7 +481,7 @@ def _header(prompt: str) -> str:
 
 def build_training_set(spec: TrainSpec) -> TrainingSet:
     """Select the examples of ``spec.role`` and give each its prompt (DESIGN "Training data")."""
-    from .scenes import Split, load_scenes, load_topics
+    from ..scenes import Split, load_scenes, load_topics
 
     data = spec.data_path
     examples = read_examples(data)
@@ -992,7 +992,7 @@ def train(
     trains even when a cached adapter exists, and refreshes the cache with the result.
     With ``out_dir=None`` the result's path is the file in the cache.
     """
-    from .models import fingerprint, load_base, pick_device, resolve_base, weights_hash
+    from .bases import fingerprint, load_base, pick_device, resolve_base, weights_hash
 
     started = time.perf_counter()
     training_set = build_training_set(spec)  # data errors first: they are the cheapest to find

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .settings import parse_seed
+from ..settings import parse_seed
 
 
 def _color(choice: str) -> bool:
@@ -32,13 +32,14 @@ def _width() -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import printable, render_coherence
-    from .results import load_document
+    from ..reporting.results import load_document
+    from ..reporting.terminal import render_coherence
+    from ..text import printable
 
     document = load_document(args.results)
     if args.html:
-        from .fsutil import atomic_write_text
-        from .html_report import render_html
+        from ..fsutil import atomic_write_text
+        from ..reporting.html import render_html
 
         atomic_write_text(args.html, render_html(document))
     text = render_coherence(document["results"], color=_color(args.color), width=_width(),
@@ -50,9 +51,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .baseline import Change, compare_documents
-    from .report import printable, render_comparison
-    from .results import load_document
+    from ..reporting.baseline import Change, compare_documents
+    from ..reporting.results import load_document
+    from ..reporting.terminal import render_comparison
+    from ..text import printable
 
     baseline = load_document(args.baseline, what="baseline")
     candidate = load_document(args.candidate)

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import STATUS_STYLE, record_matrix, record_summary, worst_label
-from .verdict import fmt_number
+from ..scoring.verdict import fmt_number
+from .terminal import STATUS_STYLE, record_matrix, record_summary, worst_label
 
 __all__ = ["annotations", "escape_data", "escape_log", "escape_markdown", "escape_property",
            "in_github_actions", "step_summary"]
@@ -97,7 +97,7 @@ def annotation_path(suite: str, root: Path | None, workspace: str | None) -> str
 
 
 def _verdict_message(verdict: Mapping[str, Any]) -> str:
-    from .verdict import Verdict
+    from ..scoring.verdict import Verdict
 
     return Verdict.from_dict(verdict).explain()
 

@@ -1,9 +1,9 @@
 """Safetensors headers, read defensively: the one parser for adapter files and base weights.
 
 :func:`read_header` checks every field of a header before anything reads tensor bytes, so
-both :mod:`.adapters` (untrusted adapter files) and :mod:`.models` (a base's weights, for its
+both :mod:`.adapters` (untrusted adapter files) and :mod:`.bases` (a base's weights, for its
 fingerprint) can rely on what it returns. It imports nothing of this package but
-:mod:`.errors`, so the modules above it never import each other for it.
+:mod:`..errors`, so the modules above it never import each other for it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterFormatError
+from ..errors import AdapterFormatError
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                 "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1,

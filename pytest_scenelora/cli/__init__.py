@@ -1,0 +1,1 @@
+"""The ``scenelora`` command: ``main`` dispatches to one module per subcommand family."""
