@@ -7,6 +7,8 @@ says what is wrong, names the file, and says what to do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SceneloraError(Exception):
     """Base of every error this package raises on purpose."""
@@ -60,3 +62,21 @@ class CorruptCacheWarning(UserWarning):
 
     A warning, not an error: a cache only saves time, so losing one must never fail a run.
     """
+
+
+class TrainingError(SceneloraError, ValueError):
+    """A training request that cannot be carried out as asked (settings, targets, base)."""
+
+
+class TrainingDataError(SceneloraError, ValueError):
+    """Training data is malformed; the message starts ``path:line:`` for each bad line."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        first = self.problems[0] if self.problems else "no problems"
+        more = len(self.problems) - 1
+        if more:
+            lines = ", ".join(p.split(": ", 1)[0].rsplit(":", 1)[-1] for p in self.problems[1:6])
+            first += f" (and {more} more bad line{'s' if more > 1 else ''}: {lines}"
+            first += ", ...)" if more > 5 else ")"
+        super().__init__(first)

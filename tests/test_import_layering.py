@@ -147,3 +147,21 @@ def test_an_upward_import_is_found() -> None:
              "pytest_scenelora.reporting.terminal": {"pytest_scenelora.text"}}
     assert upward_imports(graph) == [
         "pytest_scenelora.engine.bases (engine) imports pytest_scenelora.reporting.terminal (reporting)"]
+
+
+def test_every_relative_import_names_a_module_of_the_package() -> None:
+    """A deferred ``from .x import y`` inside a function fails only when that function
+    runs; after modules move between packages, this finds the ones left pointing nowhere."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(p) for p in paths}
+    dangling = []
+    for path in paths:
+        name = module_name(path)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+                if target not in modules:
+                    dangling.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {target}")
+    assert dangling == []

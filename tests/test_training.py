@@ -608,32 +608,37 @@ def test_trained_voices_are_closer_to_their_own_register(tiny_base_dir: Path,
 # --------------------------------------------------------------------------- progress
 
 
-def test_progress_is_a_rich_bar_on_a_terminal_and_log_lines_elsewhere() -> None:
+def test_training_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(
+        tiny_base_dir, tmp_path, monkeypatch) -> None:
+    """Training reports through the same progress protocol as the suite runner: the bar
+    draws the loss in place and is erased at the end; log lines come about every tenth step."""
     import io
 
-    from rich.console import Console
+    from pytest_scenelora.engine.progress import LineProgress, TerminalProgress, progress_for
 
-    from pytest_scenelora.engine.training import PlainProgress, RichProgress, progress_for
+    monkeypatch.setenv("SCENELORA_HOME", str(tmp_path / "home"))
+    seen: list[tuple[str, int, int]] = []
+    train(TrainSpec(scene="Δ42", role="poetic", base=str(tiny_base_dir), steps=3, batch_size=4),
+          tmp_path / "out", progress=lambda what, done, total: seen.append((what, done, total)))
+    assert [(done, total) for _, done, total in seen] == [(0, 3), (1, 3), (2, 3), (3, 3), (3, 3)]
+    assert seen[1][0].startswith("Δ42_poetic loss ")
 
-    screen = io.StringIO()
-    bar = RichProgress(Console(file=screen, force_terminal=True, width=120))
-    bar.start("Δ42_poetic", 10)
-    for step in range(1, 11):
-        bar.update(step, 2.5 - step / 10)
-    bar.finish()
-    drawn = screen.getvalue()
-    assert "Δ42_poetic" in drawn and "10/10" in drawn
-    assert "loss 1.5000" in drawn and "steps/s" in drawn and "eta" in drawn
+    screen: list[str] = []
+    bar = TerminalProgress(screen.append, width=120, min_interval=0)
+    for step in range(0, 11):
+        bar(f"Δ42_poetic loss {2.5 - step / 10:.4f}", step, 10)
+    drawn = "".join(screen)
+    assert "Δ42_poetic loss 1.6000" in drawn and "9/10" in drawn
+    assert drawn.endswith("\r")  # erased when done: nothing stays on the line
 
     log = io.StringIO()
-    plain = PlainProgress(log)
-    plain.start("Δ42_logic", 100)
-    for step in range(1, 101):
-        plain.update(step, 1.0)
+    lines_view = LineProgress(log)
+    for step in range(0, 101):
+        lines_view("Δ42_logic loss 1.0000", step, 100)
     lines = log.getvalue().splitlines()
     assert len(lines) == 11  # the first step, then every tenth
-    assert lines[0].startswith("Δ42_logic: step 1/100 loss 1.0000 ")
-    assert lines[-1].startswith("Δ42_logic: step 100/100 ") and lines[-1].endswith("eta 0s")
+    assert lines[0].startswith("Δ42_logic loss 1.0000: 1/100 ")
+    assert lines[-1].startswith("Δ42_logic loss 1.0000: 100/100 ") and lines[-1].endswith("eta 0s")
 
-    assert isinstance(progress_for("auto", io.StringIO()), PlainProgress)  # not a terminal
+    assert isinstance(progress_for("auto", io.StringIO()), LineProgress)  # not a terminal
     assert progress_for("none") is None

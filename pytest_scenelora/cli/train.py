@@ -1,7 +1,7 @@
 """``scenelora train``: train one adapter, or the demo library, from a shell.
 
 Prints one line per adapter, ``trained <name> in N steps (...): <path>`` or
-``reused cached adapter <path>``; progress goes to stderr (a rich bar on a terminal,
+``reused cached adapter <path>``; progress goes to stderr (a bar drawn in place on a terminal,
 log lines otherwise). SIGTERM is turned into an interrupt, so a killed run cleans up its
 temporary files like a Ctrl-C does and leaves no partial adapter behind.
 """
@@ -106,9 +106,10 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
                      help=f"CPU threads while training (default {DEFAULT_THREADS}; part of the cache "
                           "key, since it changes the float sums)")
     run.add_argument("--no-cache", action="store_true", help="train even if a cached adapter exists")
-    run.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto",
-                     metavar="auto|rich|plain|none",
-                     help="progress on stderr (auto: a bar on a terminal, log lines otherwise)")
+    run.add_argument("--progress", choices=("auto", "bar", "rich", "plain", "none"), default="auto",
+                     metavar="auto|bar|plain|none",
+                     help="progress on stderr (auto: a bar on a terminal, log lines otherwise; "
+                          "rich is another name for bar)")
     parser.set_defaults(handler=cmd_train)
     return parser
 

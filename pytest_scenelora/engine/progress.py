@@ -1,23 +1,33 @@
-"""A one-line progress bar for long work (generating and scoring samples), on the terminal only.
+"""Progress of long work (training steps, generating and scoring samples): one protocol, two views.
 
-pytest captures output while a test runs, so the bar is drawn with capture suspended (as
-pytest's own live logging does) and erased when the work is done: nothing of it ends up in
-captured output, logs or a pipe. The plugin only makes one for a process whose stdout is
-a terminal (never for an xdist worker, a ``-q`` run or a pipe); elsewhere the runner
-reports progress to a hook that does nothing.
+Work reports by calling ``progress(what, done, total)`` (:data:`Progress`); ``done == total``
+says it is finished. Training, the suite runner and the embedders all report this way,
+and whoever started the work chooses the view:
+
+- :class:`TerminalProgress` draws one line in place and erases it when the work is done.
+  The plugin draws it with pytest's capture suspended (as pytest's own live logging does),
+  so nothing of it ends up in captured output, logs or a pipe, and only for a process
+  whose stdout is a terminal (never an xdist worker, a ``-q`` run or a pipe).
+- :class:`LineProgress` writes log lines (for a pipe or a CI log): the first step, about
+  ten more, and one at least every few seconds, with the rate and the time left.
+
+:func:`progress_for` picks one for a stream, as ``scenelora train --progress`` asks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from ..text import printable
 
-__all__ = ["Progress", "TerminalProgress"]
+__all__ = ["LineProgress", "Progress", "TerminalProgress", "progress_for"]
 
+#: ``progress(what, done, total)``: *done* of *total* units of the work *what* describes.
 Progress = Callable[[str, int, int], None]
 
 
@@ -67,3 +77,44 @@ class TerminalProgress:
             line = progress_line(what, done, total, self.width)
             self.write("\r" + line.ljust(self._shown))
             self._shown = max(self._shown, len(line))
+
+
+class LineProgress:
+    """Log lines: the first unit, about *lines* more for the whole work, and one at least
+    every *every_s* seconds; a *done* lower than the last one starts a new piece of work."""
+
+    def __init__(self, stream: IO[str] | None = None, lines: int = 10, every_s: float = 10.0) -> None:
+        self.stream = stream
+        self.lines = lines
+        self.every_s = every_s
+        self._done = -1
+        self._started = self._last = 0.0
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done <= self._done or self._done < 0:
+            self._started, self._last = now, now
+        self._done = done
+        if done <= 0:
+            return
+        every = max(1, total // self.lines)
+        if not (done == 1 or done % every == 0 or done >= total or now - self._last >= self.every_s):
+            return
+        self._last = now
+        rate = done / max(now - self._started, 1e-9)
+        eta = max(total - done, 0) / rate
+        print(f"{printable(what)}: {done}/{total} {rate:.1f}/s eta {eta:.0f}s",
+              file=self.stream or sys.stderr, flush=True)
+
+
+def progress_for(mode: str = "auto", stream: IO[str] | None = None) -> Progress | None:
+    """The view *mode* asks for on *stream* (stderr by default): ``bar`` (``rich`` is the
+    same) draws :class:`TerminalProgress`, ``plain`` writes :class:`LineProgress`, ``none``
+    nothing, and ``auto`` a bar when *stream* is a terminal and lines otherwise."""
+    stream = stream or sys.stderr
+    if mode == "none":
+        return None
+    if mode in ("bar", "rich") or (mode == "auto" and stream.isatty()):
+        width = shutil.get_terminal_size((80, 24)).columns
+        return TerminalProgress(lambda text: (stream.write(text), stream.flush()), width=width)
+    return LineProgress(stream)
