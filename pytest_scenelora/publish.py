@@ -28,8 +28,22 @@ def session_document(records: Sequence[Mapping[str, Any]], settings: Settings,
     if baseline is not None:
         stored = {"path": settings.baseline_path, "created": baseline.get("created"),
                   "date": baseline_date(baseline)}
-    return build_document(records, settings={"base_model": settings.base_model, "seed": settings.seed,
-                                             "embedder": settings.embedder}, baseline=stored)
+    document = build_document(records, settings={"base_model": settings.base_model, "seed": settings.seed,
+                                                 "embedder": settings.embedder}, baseline=stored)
+    _add_base_source(document["base"])
+    return document
+
+
+def _add_base_source(base: dict[str, Any]) -> None:
+    """A base converted from a GGUF file says which one (name, sha256, preset) in the JSON;
+    its weights' content hash is already there and in every cache key."""
+    from .engine.gguf import read_source
+
+    folder = base.get("name")
+    source = read_source(Path(folder)) if isinstance(folder, str) and folder else None
+    if source is not None:
+        base["source"] = {k: source.get(k) for k in ("preset", "gguf_file", "gguf_sha256",
+                                                     "architecture", "quant_types")}
 
 
 def publish(document: Mapping[str, Any], settings: Settings,

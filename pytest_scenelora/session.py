@@ -96,12 +96,18 @@ class SceneSession:
     def header_lines(self) -> list[str]:
         s = self.settings
         adapters = ", ".join(self.adapter_names) if self.adapter_names else "none (--adapter PATH)"
-        return [
+        lines = [
             f"scenelora: base {s.base_model}, device {s.device.value}, "
             f"quantize {s.quantize.value}, seed {s.seed}, "
             f"embedder {s.embedder or 'all-MiniLM-L6-v2 (packaged)'}",
             f"scenelora: adapters {adapters}",
         ]
+        from .engine.gguf import describe_base_source
+
+        source = describe_base_source(s.base_model)
+        if source:
+            lines.insert(1, f"scenelora: base {source}")
+        return lines
 
 
 #: Where the plugin keeps the run's :class:`SceneSession` (``config.stash``).

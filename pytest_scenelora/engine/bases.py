@@ -99,14 +99,20 @@ def resolve_base(name: str | os.PathLike[str]) -> Path:
         from .tinybase import ensure_tiny_base
 
         return ensure_tiny_base()
+    from . import gguf
+
+    if text in gguf.GGUF_PRESETS:  # shipped as a GGUF by a PyPI package: converted once
+        return gguf.ensure_gguf_base(gguf.packaged_gguf(gguf.GGUF_PRESETS[text]), preset=text)
     preset = PRESETS.get(text)
     hf_id = preset.hf_id if preset else text
     local = Path(text).expanduser()
     if preset is None and local.exists():
+        if gguf.is_gguf_source(local):
+            return gguf.ensure_gguf_base(local)
         if not (local / "config.json").is_file():
             raise BaseModelNotFoundError(
-                f"{local}: not a model directory (no config.json); "
-                "pass a folder written by save_pretrained, a preset, or 'tiny'"
+                f"{local}: not a model directory (no config.json) and no .gguf file; "
+                "pass a folder written by save_pretrained, a .gguf file, a preset, or 'tiny'"
             )
         return local.resolve()
     cached = find_in_hf_cache(hf_id) if "/" in hf_id else None
@@ -118,7 +124,8 @@ def resolve_base(name: str | os.PathLike[str]) -> Path:
     how = (
         f"download it once with `huggingface-cli download {hf_id}` on a connected machine"
         if "/" in hf_id
-        else f"use 'tiny', a preset ({', '.join(PRESETS)}), a local directory or an HF id"
+        else f"use 'tiny', a preset ({', '.join(all_preset_names())}), a local directory, "
+        "a .gguf file or an HF id"
     )
     raise BaseModelNotFoundError(f"base model {text!r} not found: looked for {looked}; {how}")
 
@@ -135,7 +142,19 @@ def preset_rows() -> list[dict[str, str]]:
         found = find_in_hf_cache(preset.hf_id)
         rows.append({"name": preset.name, "hf_id": preset.hf_id, "family": preset.family,
                      "on_disk": str(found) if found else "no"})
+    from . import gguf
+
+    for packaged in gguf.GGUF_PRESETS.values():
+        rows.append({"name": packaged.name, "hf_id": f"(GGUF from the {packaged.distribution} package)",
+                     "family": packaged.family, "on_disk": gguf.preset_status(packaged)})
     return rows
+
+
+def all_preset_names() -> list[str]:
+    """Every name ``--base-model`` takes besides paths and HF ids."""
+    from .gguf import GGUF_PRESETS
+
+    return [TINY, *PRESETS, *GGUF_PRESETS]
 
 
 # ---------------------------------------------------------------------------- fingerprint
@@ -186,73 +205,14 @@ def weights_hash(model_dir: Path) -> str:
     shapes never serves stale results. Each file's digest is remembered under
     ``<cache home>/file-hashes.json`` by path, size and mtime, so a 7B base is read once.
     """
-    from ..fsutil import atomic_path, cache_home, sha256_file
+    from .hashmemo import file_sha256s
 
     model_dir = Path(model_dir).resolve()
-    memo_path = cache_home() / "file-hashes.json"
-    memo = _read_hash_memo(memo_path)
-    changed = False
     h = hashlib.sha256(fingerprint(model_dir).encode("ascii"))
-    for path in weight_files(model_dir):
-        stat = path.stat()
-        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-        entry = memo.get(str(path))
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp):
-            entry = [stamp, sha256_file(path)]
-            memo[str(path)] = entry
-            changed = True
-        h.update(f"\n{path.name}:{entry[1]}".encode())
-    if changed:
-        with atomic_path(memo_path) as tmp:  # a racing writer loses at most a memo entry
-            tmp.write_text(json.dumps(memo, sort_keys=True), encoding="utf-8")
+    files = weight_files(model_dir)
+    for path, digest in zip(files, file_sha256s(files), strict=True):
+        h.update(f"\n{path.name}:{digest}".encode())
     return h.hexdigest()
-
-
-def _read_hash_memo(memo_path: Path) -> dict[str, list[str]]:
-    """The ``file-hashes.json`` memo, or an empty one; a damaged memo is set aside.
-
-    A memo entry that is not ``[stamp, sha256]`` would feed garbage into every content
-    hash built on it, so the memo is trusted only whole: otherwise it is renamed
-    ``file-hashes.json.corrupt-<time>`` (under its lock, checked again there, since a
-    concurrent process may have just rewritten it), a warning says so, and the digests
-    are recomputed.
-    """
-    from ..fsutil import file_lock, set_aside
-
-    def parse(raw: bytes) -> tuple[dict[str, list[str]], str | None]:
-        try:
-            memo = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            return {}, f"not valid JSON ({str(exc)[:100]})"
-        if not isinstance(memo, dict):
-            return {}, f"holds a JSON {type(memo).__name__}, not an object"
-        for key, entry in memo.items():
-            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-                    and isinstance(entry[1], str) and len(entry[1]) == 64
-                    and all(c in "0123456789abcdef" for c in entry[1])):
-                return {}, f"its entry for {key[:200]!r} is not [stamp, sha256 digest]"
-        return memo, None
-
-    def read() -> bytes | None:
-        try:
-            return memo_path.read_bytes()
-        except OSError:  # none yet, or one this user cannot read: digests are recomputed
-            return None
-
-    raw = read()
-    if raw is None:
-        return {}
-    memo, problem = parse(raw)
-    if problem is None:
-        return memo
-    with file_lock(memo_path):
-        raw = read()
-        if raw is None:
-            return {}
-        memo, problem = parse(raw)
-        if problem is not None:
-            set_aside(memo_path, problem)
-    return memo
 
 
 # -------------------------------------------------------------------------------- loading
