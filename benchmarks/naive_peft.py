@@ -8,7 +8,7 @@ same work and computes the same numbers, only without the harness:
   converted to one first, outside the timed work);
 - generate each sample alone with ``model.generate``: one prompt, one row, per call. The
   suites sample, so each sample uses the seed scenelora gives it and the same sampler
-  (:func:`pytest_scenelora.engine.generation._sample_row`, plugged in as a logits processor that
+  (:func:`pytest_scenelora.engine.generation.sample_row`, plugged in as a logits processor that
   leaves ``generate`` one token to pick): the texts are the same, and so are the scores;
 - embed each output alone with sentence-transformers (memoised in a dict for the run:
   a careful user does not embed one text twice, but keeps nothing on disk);
@@ -39,7 +39,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pytest_scenelora.checks.runner import Request, SuiteRunner
 from pytest_scenelora.engine import adapters as fmt
-from pytest_scenelora.engine.generation import GenerationConfig, _sample_row, decision_margin
+from pytest_scenelora.engine.generation import GenerationConfig
+from pytest_scenelora.engine.lora_config import lora_config
+from pytest_scenelora.engine.sampling import decision_margin, sample_row
 from pytest_scenelora.scoring.embedders import Embedder
 from pytest_scenelora.settings import Settings
 from pytest_scenelora.suite import load_suite
@@ -95,7 +97,7 @@ class SeededSampler:
         import torch
 
         state = self.generator.get_state() if self.trace is not None else None
-        token = _sample_row(scores[0].cpu(), self.config, self.generator)
+        token = sample_row(scores[0].cpu(), self.config, self.generator)
         if self.trace is not None:
             self.trace.append((token, decision_margin(scores[0].cpu(), self.config, state)[1]))
         forced = torch.full_like(scores, float("-inf"))
@@ -212,7 +214,7 @@ def load_peft(base_dir: Path, peft_dir: Path, device: str = "cpu") -> Any:
     info = fmt.read_adapter(peft_dir)
     fmt.validate(info, base_dir).raise_first()
     model = PeftModel.from_pretrained(base, str(peft_dir), is_trainable=False,
-                                      config=fmt.lora_config(info.peft_config, where=info.path))
+                                      config=lora_config(info.peft_config, where=info.path))
     return model.eval()
 
 

@@ -8,6 +8,7 @@ says what is wrong, names the file, and says what to do.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class SceneloraError(Exception):
@@ -80,3 +81,14 @@ class TrainingDataError(SceneloraError, ValueError):
             first += f" (and {more} more bad line{'s' if more > 1 else ''}: {lines}"
             first += ", ...)" if more > 5 else ")"
         super().__init__(first)
+
+
+class SceneFileError(SceneloraError, ValueError):
+    """A scenes, topics, registers or suite file is malformed; the message is ``path:line: ...``."""
+
+    def __init__(self, path: Path | str, line: int | None, message: str) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.message = message
+        where = f"{path}:{line}" if line else f"{path}"
+        super().__init__(f"{where}: {message}")

@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .scenes import SceneFileError, _Map, _Reader, close_match, excerpt, listing, load_yaml
+from .errors import SceneFileError
 from .specs import CheckSpec, GenerationSpec, Param, Scorer, Suite, SuiteError
+from .yamlfile import LocatedMap, Reader, close_match, excerpt, listing, load_yaml
 
 if TYPE_CHECKING:
     from .checks.kind import CheckKind
@@ -28,7 +29,7 @@ __all__ = ["CheckSpec", "GenerationSpec", "Param", "Scorer", "Suite", "SuiteErro
 SUITE_MARKER = re.compile(r"^checks\s*:", re.MULTILINE)
 
 
-class _SuiteReader(_Reader):
+class _SuiteReader(Reader):
     def fail(self, line: int | None, message: str) -> SuiteError:
         return SuiteError(self.path, line, message)
 
@@ -43,7 +44,7 @@ def is_suite(path: Path) -> bool:
         return False
 
 
-def _number(reader: _Reader, mapping: _Map, key: str, param: Param, what: str) -> Any:
+def _number(reader: Reader, mapping: LocatedMap, key: str, param: Param, what: str) -> Any:
     value = mapping[key]
     line = reader.line_of(mapping, key)
     if param.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -63,7 +64,7 @@ def _number(reader: _Reader, mapping: _Map, key: str, param: Param, what: str) -
     return value
 
 
-def _check(reader: _Reader, item: _Map, line: int | None, kinds: dict[str, CheckKind]) -> CheckSpec:
+def _check(reader: Reader, item: LocatedMap, line: int | None, kinds: dict[str, CheckKind]) -> CheckSpec:
     if "kind" not in item:
         raise reader.fail(line, f"a check has no 'kind'; add `kind: ...`, one of {', '.join(kinds)}")
     kind = item["kind"]

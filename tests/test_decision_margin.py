@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_scenelora.engine.generation import GenerationConfig, _sample_row, decision_margin
+from pytest_scenelora.engine.generation import GenerationConfig
+from pytest_scenelora.engine.sampling import decision_margin, sample_row
 
 CONFIGS = {
     "greedy": GenerationConfig(),
@@ -28,7 +29,7 @@ def _pick(logits, config: GenerationConfig, state) -> int:
         return int(logits.argmax())
     generator = torch.Generator()
     generator.set_state(state)
-    return _sample_row(logits, config, generator)
+    return sample_row(logits, config, generator)
 
 
 def _closest_perturbations(logits, config: GenerationConfig, winner: int):

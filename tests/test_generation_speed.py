@@ -1,6 +1,6 @@
 """The fast decode paths give the text of the plain ones.
 
-``_sample_rows`` (batched top-p sampling) must draw the tokens of the per-row reference
+``sample_rows`` (batched top-p sampling) must draw the tokens of the per-row reference
 sampler, ties included; row routing (contiguous adapter slices instead of PEFT's
 ``adapter_names`` per step) must give PEFT's mixed-batch text, greedy and sampled, as far
 as float rounding allows (a text may part only at a near-tie: ``near_ties.py``).
@@ -15,10 +15,9 @@ from pytest_scenelora.engine.generation import (
     GenerationConfig,
     _decode,
     _RowRouting,
-    _sample_row,
-    _sample_rows,
     generate,
 )
+from pytest_scenelora.engine.sampling import sample_row, sample_rows
 from pytest_scenelora.engine.threads import cpu_threads, encoder_threads
 
 CONFIGS = [
@@ -45,9 +44,9 @@ def test_batched_sampler_draws_the_tokens_of_the_per_row_sampler(config) -> None
         if trial % 5 == 0:
             logits[:, 5:40] = logits.max()  # tied favourites
         seeds = [trial * 100 + i for i in range(8)]
-        expected = [_sample_row(logits[i], config, torch.Generator().manual_seed(s))
+        expected = [sample_row(logits[i], config, torch.Generator().manual_seed(s))
                     for i, s in enumerate(seeds)]
-        drawn = _sample_rows(logits, config, [torch.Generator().manual_seed(s) for s in seeds])
+        drawn = sample_rows(logits, config, [torch.Generator().manual_seed(s) for s in seeds])
         assert drawn.tolist() == expected
 
 
@@ -57,18 +56,18 @@ def test_noise_outside_a_cut_nucleus_is_skipped_exactly(monkeypatch) -> None:
     is lost silently), and the fallback that draws the noise whole must draw the same tokens."""
     import torch
 
-    from pytest_scenelora.engine import generation
+    from pytest_scenelora.engine import sampling
 
-    assert generation._skipping_is_exact()
+    assert sampling.skipping_is_exact()
     torch.manual_seed(2)
     logits = torch.randn(16, 4096) * 12  # peaked rows: a short nucleus, the ranking is cut
     config = CONFIGS[0]
     seeds = list(range(16))
     fast_generators = [torch.Generator().manual_seed(s) for s in seeds]
-    fast = _sample_rows(logits, config, fast_generators)
-    monkeypatch.setattr(generation, "_skipping_is_exact", lambda: False)
+    fast = sample_rows(logits, config, fast_generators)
+    monkeypatch.setattr(sampling, "skipping_is_exact", lambda: False)
     whole_generators = [torch.Generator().manual_seed(s) for s in seeds]
-    assert torch.equal(_sample_rows(logits, config, whole_generators), fast)
+    assert torch.equal(sample_rows(logits, config, whole_generators), fast)
     # and every generator stands where the whole draw left it: the next tokens agree too
     assert all(torch.equal(a.get_state(), b.get_state())
                for a, b in zip(fast_generators, whole_generators, strict=True))
@@ -77,17 +76,17 @@ def test_noise_outside_a_cut_nucleus_is_skipped_exactly(monkeypatch) -> None:
 def test_only_rows_whose_nucleus_ends_early_get_a_cut_ranking() -> None:
     import torch
 
-    from pytest_scenelora.engine.generation import NUCLEUS_CANDIDATES, _rankings
+    from pytest_scenelora.engine.sampling import NUCLEUS_CANDIDATES, rankings
 
     torch.manual_seed(1)
     peaked = torch.softmax(torch.randn(4, 4096) * 12, dim=-1)
-    [(rows, ranked, order)] = _rankings(peaked, 0.95)
+    [(rows, ranked, order)] = rankings(peaked, 0.95)
     assert rows == [0, 1, 2, 3] and ranked.shape == (4, NUCLEUS_CANDIDATES + 1)
     assert torch.equal(ranked, peaked.gather(-1, order))
     assert torch.equal(ranked, torch.sort(peaked, descending=True).values[:, : NUCLEUS_CANDIDATES + 1])
     flat = torch.full((1, 4096), 1 / 4096)  # a wide nucleus: this row needs its full ranking
     mixed = torch.cat([peaked[:2], flat, peaked[2:]])
-    groups = list(_rankings(mixed, 0.95))
+    groups = list(rankings(mixed, 0.95))
     assert [(rows, ranked.shape) for rows, ranked, _ in groups] == [
         ([0, 1, 3, 4], (4, NUCLEUS_CANDIDATES + 1)), ([2], (1, 4096))]
     assert torch.equal(groups[1][1], flat)

@@ -21,6 +21,7 @@ import pytest
 
 from pytest_scenelora.engine import adapters as fmt
 from pytest_scenelora.engine.library import AdapterLibrary, base_tensors
+from pytest_scenelora.engine.lora_config import ignored_config_keys, lora_config, lora_kwargs
 from pytest_scenelora.errors import AdapterFormatError, AdapterMismatchError, LibraryError
 
 PROMPTS = ["Topic: a quiet harbour at night\n", "Scene: Δ42\n"]
@@ -185,7 +186,7 @@ def test_every_hostile_adapter_in_one_library_leaves_every_base_tensor_bit_ident
 
 def test_every_peft_initialisation_is_forced_off_in_the_one_gate() -> None:
     for init in [*peft_initialisations(), True, "gaussian"]:
-        config = fmt.lora_config({"r": 8, "target_modules": ["v_proj"], "init_lora_weights": init,
+        config = lora_config({"r": 8, "target_modules": ["v_proj"], "init_lora_weights": init,
                                   "loftq_config": {"loftq_bits": 4}, "eva_config": {"rho": 2.0},
                                   "corda_config": {}, "megatron_config": {"a": 1},
                                   "megatron_core": "json", "bias": "lora_only",
@@ -200,7 +201,7 @@ def test_every_field_of_this_peft_s_lora_config_is_decided() -> None:
     it is passed, forced, dropped or refused (until then, it is never passed)."""
     from peft import LoraConfig
 
-    assert fmt.ignored_config_keys({f.name: "set" for f in dataclasses.fields(LoraConfig)}) == []
+    assert ignored_config_keys({f.name: "set" for f in dataclasses.fields(LoraConfig)}) == []
 
 
 #: Configs refused outright: (changes to a good config, words the one line must hold).
@@ -252,7 +253,7 @@ def test_a_config_that_would_alter_or_hang_the_base_is_one_line_naming_the_file(
     with pytest.raises(AdapterMismatchError, match=re.escape(words)):
         library.add(forged)
     with pytest.raises(AdapterFormatError, match=re.escape(words)):
-        fmt.lora_config(config, where=path)
+        lora_config(config, where=path)
     library.add(good.path)
     assert library.names == ["Δ42_good"]
     assert changed_tensors(before, library.model) == []
@@ -326,8 +327,8 @@ def test_config_keys_the_gate_does_not_know_are_a_warning_not_passed_on(make_ada
     path = with_config(make_adapter("Δ42_good", seed=1), tmp_path / "Δ42_future.safetensors",
                        hypothetical_variant={"depth": 3}, another_option=None)
     info = fmt.read_adapter(path)
-    assert fmt.ignored_config_keys(info.peft_config) == ["hypothetical_variant"]
-    assert "hypothetical_variant" not in fmt.lora_kwargs(info.peft_config)
+    assert ignored_config_keys(info.peft_config) == ["hypothetical_variant"]
+    assert "hypothetical_variant" not in lora_kwargs(info.peft_config)
     found = fmt.validate(info, tiny_base_dir)
     assert found.ok, found.errors
     assert any("'hypothetical_variant'" in w and "not pass" in w for w in found.warnings), found.warnings

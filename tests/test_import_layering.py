@@ -116,7 +116,7 @@ def test_a_loop_is_found() -> None:
 #: Modules at the package's top level belong to the pytest glue unless named here as the
 #: foundation every layer shares.
 LAYERS = ("cli", "glue", "reporting", "checks", "scoring", "engine", "foundation")
-FOUNDATION = {"errors", "fsutil", "cache", "workers", "specs", "scenes", "prompts", "shipped",
+FOUNDATION = {"errors", "fsutil", "cache", "workers", "specs", "scenes", "prompts", "shipped", "yamlfile",
               "strategies", "text"}
 
 

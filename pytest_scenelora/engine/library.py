@@ -29,6 +29,7 @@ from .generation import (
     encode_prompts,
     generate,
 )
+from .lora_config import lora_config
 
 #: Default for ``adapters=``: run whatever adapter is active (see :meth:`AdapterLibrary.switch`).
 ACTIVE: Any = type("Active", (), {"__repr__": lambda self: "ACTIVE"})()
@@ -119,7 +120,7 @@ class AdapterLibrary:
                 "test a LoRA-only adapter (trained without --allow-embedding-training)")
         tensors = fmt.load_tensors(info)
         key = self._new_key()
-        config = fmt.lora_config(info.peft_config, where=info.path)
+        config = lora_config(info.peft_config, where=info.path)
         if self._peft is None:
             from .quiet import peft_wrapping_quietly
 
