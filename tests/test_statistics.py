@@ -9,6 +9,7 @@ run counts small enough for the whole file to take seconds.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -308,3 +309,54 @@ def test_non_inferiority_needs_the_upper_bound_below_the_margin() -> None:
     assert not non_inferior(math.inf, 0.05)
     with pytest.raises(ValueError, match="margin"):
         non_inferior(0.0, -0.1)
+
+
+# ------------------------------------------------------------------ the simulation, fast
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_statistics.py"
+    spec = importlib.util.spec_from_file_location("bench_statistics", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_statistics", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_shipped_rule_holds_its_level_in_a_small_simulation() -> None:
+    """``benchmarks/bench_statistics.py`` with few runs: no shipped rule is wrong more
+    often than 5% plus three Monte-Carlo standard errors, and sequential sampling draws
+    fewer samples than the fixed design with the same budget while deciding more checks
+    than the first look alone."""
+    bench = _bench()
+    runs = 80
+    rows = (bench.simulate_single(runs, seed=1, budget=96, grid=200)
+            + bench.simulate_clustered(runs, seed=1)
+            + bench.simulate_multiplicity(runs, seed=1)
+            + bench.simulate_paired(runs, seed=1))
+    slack = 3 * math.sqrt(0.05 * 0.95 / runs)
+    for row in rows:
+        if row.shipped:
+            assert row.wrong <= 0.05 + slack, bench.render([row], runs)
+    assert bench.samples_ratio(rows) < 0.9
+    by_name = {(r.rule, r.truth): r for r in rows}
+    for kind in ("rate", "score"):
+        for truth in ("near above", "near below"):
+            seq, first = by_name[(f"sequential {kind}", truth)], by_name[(f"fixed@24 {kind}", truth)]
+            assert seq.inconclusive < first.inconclusive
+    # and the naive rules the product does not ship are measurably wrong
+    assert by_name[("none ×20", "all on threshold")].wrong > 0.2
+
+
+def test_asymptotic_sequence_begins_at_start_and_covers() -> None:
+    from pytest_scenelora.scoring.sequential import asymptotic_cs_path
+
+    rng = np.random.default_rng(4)
+    lows, _highs = asymptotic_cs_path(rng.normal(0, 1, 100), start=20)
+    assert np.isinf(lows[:19]).all() and np.isfinite(lows[19:]).all()
+    misses = sum(bool(np.any((lo > 0) | (hi < 0)))
+                 for lo, hi in (asymptotic_cs_path(rng.normal(0, 1, 200), start=24) for _ in range(200)))
+    assert misses / 200 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 200)
