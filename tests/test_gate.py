@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_scenelora.cli.gate import GateOptions, changed_adapters, commit_of, run_gate
+from pytest_scenelora.cli.gate import GateOptions, run_gate
+from pytest_scenelora.cli.pr_changes import changed_adapters, commit_of
 from pytest_scenelora.reporting.baseline import Change, compare_record, record_tolerance
 from pytest_scenelora.reporting.github import escape_log, escape_markdown, step_summary
 
