@@ -8,6 +8,7 @@ level; ``tests/test_plugin_import.py`` holds it to that.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from .errors import SceneloraError
 from .session import SESSION_KEY, SceneSession
-from .settings import Settings, parse_device, parse_quantization, parse_seed
+from .settings import Settings, parse_device, parse_prompt_format, parse_quantization, parse_seed
 
 if TYPE_CHECKING:
     from .engine.bases import LoadedBase
@@ -37,6 +38,9 @@ _OPTIONS = (
      parse_device, "auto|cpu|cuda", "auto"),
     ("--quantize", "scenelora_quantize", "load the base quantized with bitsandbytes",
      parse_quantization, "none|8bit|4bit", "none"),
+    ("--prompt-format", "scenelora_prompt_format",
+     "how prompts are put to the base: plain text, its chat template (chat), or chat when it has "
+     "one (auto); adapters must be trained the same way", parse_prompt_format, "plain|chat|auto", "plain"),
     ("--scenelora-seed", "scenelora_seed", "seed for sampling and bootstrap intervals",
      parse_seed, "N", "0"),
     ("--embedder", "scenelora_embedder",
@@ -99,6 +103,7 @@ def _resolve(config: pytest.Config) -> Settings:
         baseline_path=values["--scenelora-baseline"] or None,
         update_baseline=bool(config.getoption("scenelora_update_baseline")
                              or config.getini("scenelora_update_baseline")),
+        prompt_format=values["--prompt-format"],
     )
 
 
@@ -193,7 +198,12 @@ class VerdictCollector:
             return
         from .publish import publish, session_document
 
-        self.document = session_document(self.session.records, self.session.settings, self.session.baseline)
+        prompt_format = None
+        if self.session.records:
+            with contextlib.suppress(SceneloraError):  # a base that failed to load said so in its items
+                prompt_format = self.session.prompt_format
+        self.document = session_document(self.session.records, self.session.settings, self.session.baseline,
+                                         prompt_format=prompt_format)
         self.published = publish(self.document, self.session.settings)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:

@@ -20,7 +20,8 @@ __all__ = ["publish", "session_document"]
 
 
 def session_document(records: Sequence[Mapping[str, Any]], settings: Settings,
-                     baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     baseline: Mapping[str, Any] | None = None,
+                     prompt_format: str | None = None) -> dict[str, Any]:
     from .reporting.baseline import baseline_date
     from .reporting.results import build_document
 
@@ -31,6 +32,7 @@ def session_document(records: Sequence[Mapping[str, Any]], settings: Settings,
     document = build_document(records, settings={"base_model": settings.base_model, "seed": settings.seed,
                                                  "embedder": settings.embedder}, baseline=stored)
     _add_base_source(document["base"])
+    document["base"]["prompt_format"] = prompt_format or settings.prompt_format.value
     return document
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .engine import adapters as fmt
+from .errors import SceneloraError
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -85,6 +86,47 @@ class SceneSession:
                          quantize=self.settings.quantize)
 
     @cached_property
+    def prompt_format(self) -> str:
+        """``plain`` or ``chat``: ``--prompt-format``, with ``auto`` resolved against the base
+        (which it resolves, building or converting it when needed)."""
+        from .engine.chat import PromptFormat, resolve_prompt_format
+
+        if self.settings.prompt_format is PromptFormat.PLAIN:
+            return PromptFormat.PLAIN.value
+        from .engine.bases import resolve_base
+
+        base_dir = resolve_base(self.settings.base_model)
+        return resolve_prompt_format(self.settings.prompt_format, base_dir).value
+
+    @cached_property
+    def format_prompt(self) -> Callable[[str], str]:
+        """Plain prompt -> the text the model is given (the chat template applied, or not)."""
+        from .engine.chat import PromptFormat, prompt_formatter
+
+        if self.prompt_format == PromptFormat.PLAIN.value:
+            return prompt_formatter(PromptFormat.PLAIN, Path())
+        from .engine.bases import resolve_base
+
+        return prompt_formatter(self.prompt_format, resolve_base(self.settings.base_model))
+
+    def prompt_format_mismatches(self) -> list[str]:
+        """One line per adapter whose metadata says it was trained with another prompt format
+        than this run uses (an adapter without the key was trained on plain prompts)."""
+        from .engine.chat import LEGACY_FORMAT
+
+        lines = []
+        for path in self.adapter_paths:
+            try:
+                info = fmt.read_adapter(path)
+            except (SceneloraError, OSError):  # an unreadable adapter fails its own items, with its message
+                continue
+            trained = info.metadata.get("prompt_format") or LEGACY_FORMAT.value
+            if trained != self.prompt_format:
+                lines.append(f"{info.name} was trained with prompt format {trained}, this run uses "
+                             f"{self.prompt_format} (--prompt-format {trained} tests it as it was trained)")
+        return lines
+
+    @cached_property
     def library(self) -> AdapterLibrary:
         from .engine.library import AdapterLibrary
 
@@ -107,6 +149,14 @@ class SceneSession:
         source = describe_base_source(s.base_model)
         if source:
             lines.insert(1, f"scenelora: base {source}")
+        try:
+            prompt_format = self.prompt_format
+        except SceneloraError as exc:  # a base not on disk: its items fail with the message
+            lines.append(f"scenelora: prompt format {s.prompt_format.value} (not resolved: {exc})")
+            return lines
+        how = "" if prompt_format == s.prompt_format.value else f" ({s.prompt_format.value})"
+        lines.append(f"scenelora: prompt format {prompt_format}{how}")
+        lines += [f"scenelora: warning: {line}" for line in self.prompt_format_mismatches()]
         return lines
 
 

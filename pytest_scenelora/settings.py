@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .engine.bases import TINY, Device, Quantization
+from .engine.chat import PromptFormat
 
 
 def _choice(enum_type: type, what: str):
@@ -24,6 +25,7 @@ def _choice(enum_type: type, what: str):
 
 parse_device = _choice(Device, "device")
 parse_quantization = _choice(Quantization, "quantization")
+parse_prompt_format = _choice(PromptFormat, "prompt format")
 
 
 def number_parser(kind: type[int] | type[float], ok: Callable[[float], bool], requirement: str
@@ -75,10 +77,12 @@ class Settings:
     html_path: str | None = None  # --scenelora-html
     baseline_path: str | None = None  # --scenelora-baseline
     update_baseline: bool = False  # --scenelora-update-baseline
+    prompt_format: PromptFormat = PromptFormat.PLAIN  # --prompt-format
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "quantize", Quantization(self.quantize))
+        object.__setattr__(self, "prompt_format", PromptFormat(self.prompt_format))
         if not self.base_model:
             raise ValueError("--base-model is empty; use 'tiny', a preset, a directory or an HF id")
         if not 0 <= self.seed <= MAX_SEED:

@@ -87,10 +87,22 @@ class CheckContext:
         own = self.adapter(adapter).scene
         prompts = [scene_request_prompt(s) for s in sorted(world.scenes, key=lambda s: s.id != own)]
         prompts += [topic_request_prompt(t) for t in world.topics.values()]
-        return prompts[:n]
+        return [self.format_prompt(p) for p in prompts[:n]]
 
-    scene_prompt = staticmethod(scene_request_prompt)
-    topic_prompt = staticmethod(topic_request_prompt)
+    def scene_prompt(self, scene: Scene, mode: InputMode | None = None) -> str:
+        """The prompt that asks for *scene*, in the run's prompt format."""
+        return self.format_prompt(scene_request_prompt(scene, mode))
+
+    def topic_prompt(self, topic: Topic) -> str:
+        """The prompt that asks about *topic*, in the run's prompt format."""
+        return self.format_prompt(topic_request_prompt(topic))
+
+    def format_prompt(self, prompt: str) -> str:
+        """A plain prompt as the base is given it: through its chat template under
+        ``--prompt-format chat``, unchanged otherwise."""
+        session = getattr(self._engine, "session", None)
+        formatter = getattr(session, "format_prompt", None)
+        return formatter(prompt) if callable(formatter) else prompt
 
     # --------------------------------------------------------- samples and vectors
     def texts(self, requests: Sequence[Request]) -> list[list[str]]:
