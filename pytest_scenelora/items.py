@@ -152,3 +152,33 @@ class CheckItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, max(self.spec.line - 1, 0), f"{self.spec.kind}[{self.adapter}]"
+
+
+def add_shipped_suites(session: pytest.Session, items: list[pytest.Item]) -> str | None:
+    """``pytest --adapter X.safetensors`` in a project with no suite of its own: the command
+    the product is named for. When adapters were given, no suite was collected and no path
+    was named on the command line, the shipped suites are collected and run; when paths
+    were named, nothing is added and the returned line says how to run them. Returns the
+    line to show (None: suites were collected, or no adapter was given)."""
+    config = session.config
+    scene_session: SceneSession = config.stash[SESSION_KEY]
+    if not scene_session.settings.adapters or any(isinstance(item, CheckItem) for item in items):
+        return None
+    from .shipped import suites_dir
+    from .suite import is_suite
+
+    folder = suites_dir()
+    if config.args_source is pytest.Config.ArgsSource.ARGS:
+        return (f"scenelora: no suite was collected from the paths given; the shipped suites run with "
+                f"`pytest --pyargs pytest_scenelora.suites --adapter ...` ({folder}), and "
+                "`scenelora init` copies them into this project to edit")
+    paths = sorted(p for p in folder.glob("*.yaml") if is_suite(p))
+    for path in paths:
+        report = config.hook.pytest_make_collect_report(collector=SuiteFile.from_parent(session, path=path))
+        if report.failed or report.skipped:
+            config.hook.pytest_collectreport(report=report)
+        if report.passed:
+            items.extend(report.result)
+    names = ", ".join(p.name for p in paths)
+    return (f"scenelora: no suite in this project: running the {len(paths)} shipped suites ({names}, in "
+            f"{folder}) on the adapters given; `scenelora init` copies them here to edit")

@@ -206,6 +206,12 @@ class VerdictCollector:
                                          prompt_format=prompt_format)
         self.published = publish(self.document, self.session.settings)
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            for line in self.session.notices:
+                reporter.write_line(line)
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         from .reporting.github import annotations, in_github_actions
         from .reporting.terminal import record_summary, render_coherence
@@ -226,7 +232,7 @@ class VerdictCollector:
                 for line in annotations(records, root=config.rootpath,
                                         workspace=os.environ.get("GITHUB_WORKSPACE")):
                     terminalreporter.write_line(line)
-        for line in self.published:
+        for line in [*self.session.notices, *self.published]:
             terminalreporter.write_line(line)
         runner = self.session.runner_if_made
         if runner is not None and (runner.generated or runner.reused):
@@ -247,8 +253,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)  # before --lf, -k and the rest see the ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give tests that use the ``adapter`` fixture node ids with the adapter's own name.
+def pytest_collection_modifyitems(session: pytest.Session, items: list[pytest.Item]) -> None:
+    """Run the shipped suites when adapters were given and no suite was collected (see
+    :func:`.items.add_shipped_suites`), and give tests that use the ``adapter`` fixture
+    node ids with the adapter's own name.
 
     pytest writes non-ASCII parameter ids as escapes (``test_speaks[\\u039442_poetic]``);
     adapter names are Unicode by design (``Δ42_poetic``, Cyrillic), and a node id the user
@@ -256,6 +264,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     named by us and are already Unicode. (A test path names such a test by pytest's own
     escaped spelling, which pytest matches before this hook runs.)
     """
+    if SESSION_KEY in session.config.stash:
+        from .items import add_shipped_suites
+
+        notice = add_shipped_suites(session, items)
+        if notice:
+            session.config.stash[SESSION_KEY].notices.append(notice)
     for item in items:
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("adapter") if callspec is not None else None
