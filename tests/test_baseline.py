@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_scenelora.reporting.baseline import Change, compare_record, paired_bootstrap, update_baseline
+from pytest_scenelora.reporting.baseline import (
+    Change,
+    Comparison,
+    compare_record,
+    paired_bootstrap,
+    update_baseline,
+)
 from pytest_scenelora.reporting.results import ResultsFileError, build_document, load_document
 from pytest_scenelora.scoring.verdict import decide
 
@@ -43,9 +49,49 @@ def test_a_significant_drop_beyond_tolerance_regresses_with_one_line() -> None:
     base = rec(np.r_[np.ones(26), np.zeros(6)], rate=True)
     cand = rec(np.r_[np.ones(20), np.zeros(12)], rate=True)  # the same prompts, six more misses
     c = compare_record(base, cand, seed=0, baseline_date="2025-06-01")
-    assert c.change is Change.REGRESSED
-    assert c.line().startswith("Δ42_poetic registers_unpack: 0.81 → 0.62 (−0.19, 95% CI −")
-    assert c.line().endswith("), baseline of 2025-06-01")
+    assert c.change is Change.REGRESSED and c.test == "mcnemar"
+    # six pairs lost, none gained: McNemar's exact p is 2 / 2**6
+    assert c.line() == ("Δ42_poetic registers_unpack: 0.81 → 0.62 (−0.19, McNemar exact p=0.031: "
+                        "6 lost, 0 gained), baseline of 2025-06-01")
+    assert c.ci_low < c.delta < c.ci_high  # the exact interval of the paired change
+    continuous = compare_record(rec(PROMPT_EFFECT), rec(PROMPT_EFFECT - 0.1), baseline_date="2025-06-01")
+    assert continuous.test == "bootstrap" and "95% CI −" in continuous.line()
+
+
+def test_success_rates_are_gated_on_the_discordant_pairs() -> None:
+    """Two runs at the same rate can still differ pair by pair; McNemar's test looks at
+    the pairs: five swapped each way is no change at all, and five lost with none gained
+    has p = 2/32, not below 0.05, however large the drop in rate looks."""
+    base = np.r_[np.ones(20), np.zeros(12)]
+    swapped = base.copy()
+    swapped[:5], swapped[20:25] = 0, 1
+    c = compare_record(rec(base, rate=True), rec(swapped, rate=True))
+    assert (c.lost, c.gained, c.p_value, c.change) == (5, 5, 1.0, Change.UNCHANGED)
+    five_lost = base.copy()
+    five_lost[:5] = 0
+    c = compare_record(rec(base, rate=True), rec(five_lost, rate=True))
+    assert (c.lost, c.gained) == (5, 0) and c.p_value == pytest.approx(0.0625)
+    assert c.change is Change.UNCHANGED  # a 0.16 drop, but five pairs cannot show it at 95%
+    unpaired = compare_record(rec(base, rate=True), rec(five_lost[:-1], rate=True))
+    assert unpaired.test == "bootstrap" and not unpaired.paired
+
+
+def test_non_inferiority_needs_the_candidate_to_bound_its_drop() -> None:
+    """The same small drop passes the ``drop`` gate (not significant) and fails the
+    non-inferiority gate when the samples cannot bound it below the tolerance; a
+    candidate that tracks its baseline closely shows it is no worse."""
+    base = rec(PROMPT_EFFECT, tolerance=0.05)
+    noisy = rec(PROMPT_EFFECT + np.random.default_rng(2).normal(0, 0.3, 40), tolerance=0.05)
+    assert compare_record(base, noisy).change is not Change.REGRESSED
+    c = compare_record(base, noisy, framing="non-inferiority", baseline_date="2025-06-01")
+    assert c.change is Change.REGRESSED and c.worse_bound > 0.05
+    assert "; no worse by 0.05: not shown (worse by at most" in c.line()
+    close = rec(PROMPT_EFFECT - 0.01 + np.random.default_rng(3).normal(0, 0.01, 40), tolerance=0.05)
+    ok = compare_record(base, close, framing="non-inferiority")
+    assert ok.change is Change.UNCHANGED and ok.worse_bound < 0.05 and "shown (worse by" in ok.line()
+    assert Comparison.from_dict(ok.to_dict()) == ok
+    with pytest.raises(ValueError):
+        compare_record(base, close, framing="sideways")
 
 
 def test_a_drop_within_tolerance_or_not_significant_does_not_regress() -> None:

@@ -10,6 +10,24 @@ removes the prompt-to-prompt spread from the comparison. When the sample counts 
 Deterministic checks (``merge_equivalence``, scored by the max over probes) have no
 noise: their change is exact.
 
+Success-rate checks (0/1 samples, judged with the Wilson interval) are compared with
+McNemar's exact test on the discordant pairs instead: at the sample counts suites use,
+a bootstrap of 0/1 differences is not exact, and only the pairs where the two runs
+disagree carry evidence of a change (:mod:`~.scoring.paired`).
+
+Two framings (``--scenelora-regression``):
+
+``drop`` (the default)
+    A check regresses when it got worse by more than its tolerance *and* the change is
+    significant. The burden of proof is on the alarm: a noisy check never fails the gate
+    for lack of evidence. Use it to catch real regressions without flaky gates.
+``non-inferiority``
+    A check must *show* it is no worse than the baseline by more than its tolerance: it
+    regresses unless the upper confidence bound of its drop is below the tolerance. The
+    burden of proof is on the candidate (regulators' framing for a generic drug); too few
+    samples to bound the drop fail the gate. Use it for releases, where "we could not
+    tell" must not ship.
+
 An improvement is reported, never failed. Pure functions; the baseline file itself is
 written by :func:`update_baseline` (atomic, under a file lock).
 """
@@ -26,10 +44,11 @@ from typing import Any
 import numpy as np
 
 from ..fsutil import file_lock
+from ..scoring.paired import non_inferior, paired_rates
 from ..scoring.verdict import fmt_number
 from .results import load_document, merge_documents, write_document
 
-__all__ = ["Change", "Comparison", "compare_documents", "compare_record", "paired_bootstrap",
+__all__ = ["Change", "Comparison", "Framing", "compare_documents", "compare_record", "paired_bootstrap",
            "record_tolerance", "update_baseline"]
 
 DEFAULT_RESAMPLES = 4000
@@ -41,6 +60,13 @@ class Change(str, enum.Enum):
     UNCHANGED = "unchanged"  # within tolerance, or not significant
     NEW = "new"  # not in the baseline
     MISSING = "missing"  # in the baseline, not in this run
+
+
+class Framing(str, enum.Enum):
+    """What a regression is (``--scenelora-regression``); see the module's docstring."""
+
+    DROP = "drop"
+    NON_INFERIORITY = "non-inferiority"
 
 
 def paired_bootstrap(
@@ -57,21 +83,30 @@ def paired_bootstrap(
     resampling of each mean otherwise. Fewer than two samples on either side give an
     unbounded interval: nothing can be significant on one sample.
     """
+    delta, low, high, paired, _p = _paired_bootstrap(baseline, candidate, seed=seed, confidence=confidence,
+                                                     resamples=resamples)
+    return delta, low, high, paired
+
+
+def _paired_bootstrap(baseline, candidate, *, seed: int, confidence: float, resamples: int
+                      ) -> tuple[float, float, float, bool, float]:
+    """:func:`paired_bootstrap` and the two-sided p-value of "no change" that matches its
+    interval (the share of resampled changes on the far side of zero, doubled)."""
     a = np.asarray(baseline, dtype=np.float64).ravel()
     b = np.asarray(candidate, dtype=np.float64).ravel()
     if a.size == 0 or b.size == 0:
         raise ValueError("a comparison needs samples on both sides")
     delta = float(b.mean() - a.mean())
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return delta, math.nan, math.nan, a.size == b.size
+        return delta, math.nan, math.nan, a.size == b.size, math.nan
     if a.size < 2 or b.size < 2:
-        return delta, -math.inf, math.inf, a.size == b.size
+        return delta, -math.inf, math.inf, a.size == b.size, 1.0
     rng = np.random.default_rng(seed)
     tail = (1 - confidence) / 2
     if a.size == b.size:
         diffs = b - a
         if np.all(diffs == diffs[0]):
-            return delta, float(diffs[0]), float(diffs[0]), True
+            return delta, float(diffs[0]), float(diffs[0]), True, 1.0 if diffs[0] == 0 else 0.0
         idx = rng.integers(0, diffs.size, size=(resamples, diffs.size))
         means = diffs[idx].mean(axis=1)
         paired = True
@@ -80,7 +115,8 @@ def paired_bootstrap(
                  - a[rng.integers(0, a.size, size=(resamples, a.size))].mean(axis=1))
         paired = False
     low, high = np.quantile(means, [tail, 1 - tail])
-    return delta, float(low), float(high), paired
+    p_value = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+    return delta, float(low), float(high), paired, p_value
 
 
 @dataclass(frozen=True)
@@ -102,6 +138,12 @@ class Comparison:
     paired: bool = True
     exact: bool = False
     baseline_date: str = ""
+    test: str = "bootstrap"  # "bootstrap", "mcnemar" (0/1 samples), or "exact" (no noise)
+    p_value: float | None = None  # two-sided, of "no change"
+    lost: int | None = None  # McNemar: pairs the baseline got right and the candidate wrong
+    gained: int | None = None  # ... and the other way round
+    framing: str = Framing.DROP.value
+    worse_bound: float | None = None  # upper confidence bound of how much worse (non-inferiority)
 
     @property
     def regressed(self) -> bool:
@@ -118,17 +160,25 @@ class Comparison:
             return f"{head}: not run (was {fmt_number(self.baseline_score)} in the {of})"
         if self.exact or self.ci_low is None or self.ci_high is None:
             evidence = f"{signed(self.delta)}, exact" if self.exact else signed(self.delta)
+        elif self.test == "mcnemar":
+            evidence = (f"{signed(self.delta)}, McNemar exact p={fmt_p(self.p_value)}: "
+                        f"{self.lost} lost, {self.gained} gained")
         else:
             evidence = (f"{signed(self.delta)}, {self.confidence * 100:g}% CI "
                         f"{signed(self.ci_low)}..{signed(self.ci_high)}")
         word = {Change.REGRESSED: "", Change.IMPROVED: "improved ", Change.UNCHANGED: ""}[self.change]
         before, after = fmt_number(self.baseline_score), fmt_number(self.score)
-        return f"{head}: {word}{before} → {after} ({evidence}), {of}"
+        line = f"{head}: {word}{before} → {after} ({evidence}), {of}"
+        if self.framing == Framing.NON_INFERIORITY.value and self.worse_bound is not None:
+            shown = "shown" if self.change is not Change.REGRESSED else "not shown"
+            line += (f"; no worse by {fmt_number(self.tolerance)}: {shown} (worse by at most "
+                     f"{fmt_number(self.worse_bound)}, {self.confidence * 100:g}% bound)")
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["change"] = self.change.value
-        for key in ("baseline_score", "score", "delta", "ci_low", "ci_high"):
+        for key in ("baseline_score", "score", "delta", "ci_low", "ci_high", "p_value", "worse_bound"):
             value = out[key]
             out[key] = None if value is None or not math.isfinite(value) else float(value)
         return out
@@ -138,6 +188,13 @@ class Comparison:
         fields = dict(data)
         fields["change"] = Change(fields["change"])
         return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value as reports print it: two significant digits, ``<0.0001`` below that."""
+    if p is None or not math.isfinite(p):
+        return "nan"
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}"
 
 
 def signed(x: float | None) -> str:
@@ -184,8 +241,13 @@ def compare_record(
     baseline_date: str = "",
     tolerance: float | None = None,
     resamples: int = DEFAULT_RESAMPLES,
+    framing: Framing | str = Framing.DROP,
 ) -> Comparison:
     """Compare one record of a results document with its baseline record.
+
+    Success rates whose samples pair up are compared with McNemar's exact test and an
+    exact interval of the paired change; other scores with the paired bootstrap.
+    *framing* says what a regression is (the module's docstring).
 
     *tolerance* defaults to the smaller of the two records' own (:func:`record_tolerance`):
     a candidate cannot widen the tolerance it is judged with by editing its suite, and a
@@ -205,38 +267,63 @@ def compare_record(
                           baseline_score=None if baseline is None else _score(baseline["verdict"]),
                           score=None if candidate is None else _score(candidate["verdict"]),
                           delta=None, ci_low=None, ci_high=None, **common)
+    framing = Framing(framing)
     old, new = baseline["verdict"], candidate["verdict"]
     old_score, new_score = _score(old), _score(new)
     hib = common["higher_is_better"]
+    confidence = common["confidence"]
     exact = "max" in ((old.get("detail") or {}).get("statistic"), (new.get("detail") or {}).get("statistic"))
     old_samples, new_samples = _samples(old), _samples(new)
+    extra: dict[str, Any] = {"framing": framing.value}
+    delta = new_score - old_score
+    mcnemar = None
     if exact or old_samples.size == 0 or new_samples.size == 0:
-        delta = new_score - old_score
         low = high = delta
         paired, exact = True, True
+        extra["test"] = "exact"
+    elif _is_rate(old, old_samples) and _is_rate(new, new_samples) and old_samples.size == new_samples.size:
+        mcnemar = paired_rates(old_samples, new_samples, confidence=confidence)
+        low, high, paired = -mcnemar.high, -mcnemar.low, True  # of candidate - baseline
+        extra.update(test="mcnemar", p_value=mcnemar.p_value, lost=mcnemar.b, gained=mcnemar.c)
     else:
-        _mean_delta, low, high, paired = paired_bootstrap(old_samples, new_samples, seed=seed,
-                                                          confidence=common["confidence"],
-                                                          resamples=resamples)
-        delta = new_score - old_score
+        _mean_delta, low, high, paired, p_value = _paired_bootstrap(
+            old_samples, new_samples, seed=seed, confidence=confidence, resamples=resamples)
+        extra.update(test="bootstrap", p_value=p_value)
     if not math.isfinite(old_score):
         change = Change.UNCHANGED if not math.isfinite(new_score) else Change.IMPROVED
     elif not math.isfinite(new_score):
         change = Change.REGRESSED  # a broken candidate (NaN scores) is the worst regression
     else:
         worse = -delta if hib else delta
-        if hib:
+        if mcnemar is not None:
+            significant = mcnemar.p_value <= 1 - confidence
+            lost_more = (mcnemar.b > mcnemar.c) == hib
+            worse_significant = significant and lost_more and mcnemar.b != mcnemar.c
+            better_significant = significant and not lost_more and mcnemar.b != mcnemar.c
+        elif hib:
             worse_significant, better_significant = high < 0, low > 0
         else:
             worse_significant, better_significant = low > 0, high < 0
-        if worse > tolerance and worse_significant:
+        worse_bound = worse if exact else (-low if hib else high)
+        if framing is Framing.NON_INFERIORITY:
+            extra["worse_bound"] = worse_bound
+            regressed = not non_inferior(worse_bound, tolerance)
+        else:
+            regressed = worse > tolerance and worse_significant
+        if regressed:
             change = Change.REGRESSED
         elif -worse > tolerance and better_significant:
             change = Change.IMPROVED
         else:
             change = Change.UNCHANGED
     return Comparison(change=change, baseline_score=old_score, score=new_score, delta=delta,
-                      ci_low=low, ci_high=high, paired=paired, exact=exact, **common)
+                      ci_low=low, ci_high=high, paired=paired, exact=exact, **common, **extra)
+
+
+def _is_rate(verdict: Mapping[str, Any], samples: np.ndarray) -> bool:
+    """Whether a verdict judged a success rate (its samples 0 or 1, its interval Wilson's)."""
+    interval = str((verdict.get("detail") or {}).get("interval") or "")
+    return interval.startswith("wilson") and bool(np.isin(samples, (0.0, 1.0)).all())
 
 
 def baseline_date(document: Mapping[str, Any]) -> str:
@@ -248,6 +335,7 @@ def compare_documents(
     candidate: Mapping[str, Any],
     *,
     seed: int | None = None,
+    framing: Framing | str = Framing.DROP,
 ) -> list[Comparison]:
     """Every record of either document compared, in id order (the baseline's seed by default)."""
     if seed is None:
@@ -255,7 +343,7 @@ def compare_documents(
     old = {r["id"]: r for r in baseline["results"]}
     new = {r["id"]: r for r in candidate["results"]}
     date = baseline_date(baseline)
-    return [compare_record(old.get(key), new.get(key), seed=seed, baseline_date=date)
+    return [compare_record(old.get(key), new.get(key), seed=seed, baseline_date=date, framing=framing)
             for key in sorted(old.keys() | new.keys())]
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Multiplicity", "adjust", "benjamini_hochberg", "holm"]
+__all__ = ["Multiplicity", "adjust", "benjamini_hochberg", "decided_after", "holm"]
 
 
 class Multiplicity(str, enum.Enum):
@@ -84,7 +84,12 @@ def adjust(pvalues: Sequence[float] | np.ndarray, method: Multiplicity | str) ->
 
 
 def decided_after(pvalue: float | None, adjusted: float | None, confidence: float) -> bool:
-    """Whether a decision made at *pvalue* still stands after adjustment to *adjusted*."""
-    if pvalue is None or adjusted is None or not math.isfinite(adjusted):
+    """Whether a decision made at *pvalue* still stands after adjustment to *adjusted*.
+
+    An adjustment that left the p-value as it was (a family of one) leaves the decision
+    as it was too, even where a bootstrap p-value and its percentile interval disagree by
+    the interpolation between quantiles.
+    """
+    if pvalue is None or adjusted is None or not math.isfinite(adjusted) or adjusted <= pvalue:
         return True
     return adjusted <= 1 - confidence + 1e-12

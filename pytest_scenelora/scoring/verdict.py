@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckInputError
-from .statistics import bootstrap_ci, wilson_ci
+from .statistics import (
+    bootstrap_ci,
+    bootstrap_pvalue,
+    cluster_count,
+    cluster_t_ci,
+    cluster_t_pvalue,
+    wilson_ci,
+    wilson_pvalue,
+)
 
 __all__ = [
     "SAMPLES_NEEDED_CAP",
@@ -144,11 +152,17 @@ class Verdict:
         else:
             pct = f"{self.confidence * 100:g}%"
             evidence = f"{pct} CI {fmt_number(self.ci_low)}..{fmt_number(self.ci_high)}, n={self.n}"
+            clusters = self.detail.get("clusters")
+            if isinstance(clusters, int):
+                evidence += f" in {clusters} cluster{'s' if clusters != 1 else ''}"
         lines = [f"{self.name}: {self.status.value.upper()}  score {fmt_number(self.score)} ({evidence}), "
                  f"needs {op} {fmt_number(self.threshold)}"]
         reason = self.detail.get("reason")
         if reason and self.status is not Status.PASS:
             lines.append(f"  {reason}")
+        note = self.detail.get("cluster_note")
+        if note:
+            lines.append(f"  {note}")
         if self.worst is not None and self.status is not Status.PASS:
             lines.append(f"  worst sample {self.worst.describe()}")
         if self.status is Status.INCONCLUSIVE:
@@ -272,6 +286,7 @@ def decide(
     worst: Sample | None = None,
     resamples: int = 2000,
     rate: bool = False,
+    clusters: Sequence[object] | None = None,
 ) -> Verdict:
     """Judge per-sample scores against a threshold with a seeded confidence interval.
 
@@ -283,6 +298,19 @@ def decide(
     ``rate=True`` says the samples are successes (each 0 or 1) and the score a success
     rate, judged with the Wilson interval; otherwise the interval is a bootstrap.
 
+    *clusters* (one label per sample: the scene, topic or prompt it was drawn for) says
+    which samples share a difficulty. With two or more clusters the interval is the
+    cluster-robust t interval (:func:`~.statistics.cluster_t_ci`), which rests on the
+    number of clusters rather than samples; for a success rate, the wider of that and the
+    Wilson interval (the Wilson interval keeps 100% honest, the clustered one the
+    dependence). ``detail["clusters"]`` says how many there were; with one cluster the
+    interval is the unclustered one and ``detail["cluster_note"]`` says it speaks for
+    that cluster only.
+
+    ``detail["p_value"]`` is the two-sided p-value of "the mean equals the threshold"
+    matching the interval (it is at most ``1 - confidence`` exactly when the verdict is
+    decided), which is what a run's multiplicity adjustment works on.
+
     *texts* and *contexts* (one per sample) label the worst sample; *evidence* (one
     continuous value per sample) ranks samples whose scores tie, e.g. the margins behind
     0/1 successes; *worst* overrides the choice altogether.
@@ -291,7 +319,8 @@ def decide(
     n = int(arr.size)
     if n == 0:
         raise CheckInputError(f"{check}[{subject}]: no samples to judge; generate at least one output")
-    for what, seq in (("texts", texts), ("contexts", contexts), ("evidence", evidence)):
+    for what, seq in (("texts", texts), ("contexts", contexts), ("evidence", evidence),
+                      ("clusters", clusters)):
         if seq is not None and len(seq) != n:
             raise CheckInputError(f"{check}[{subject}]: {len(seq)} {what} for {n} samples")
     if rate and not np.isin(arr, (0.0, 1.0)).all():
@@ -308,12 +337,30 @@ def decide(
         info.setdefault("reason", f"{bad} of {n} samples are not finite numbers (NaN or inf)")
     else:
         score = float(arr.mean())
+        groups = None if clusters is None else cluster_count(clusters)
+        if groups is not None:
+            info.setdefault("clusters", groups)
+            if groups < 2:
+                info.setdefault("cluster_note", "all samples share one cluster: the interval speaks "
+                                                "for that one, not for others like it")
+        clustered = groups is not None and groups >= 2
         if rate:
             low, high = wilson_ci(int(arr.sum()), n, confidence=confidence)
-            info.setdefault("interval", "wilson")
+            p_value = wilson_pvalue(int(arr.sum()), n, float(threshold))
+            if clustered:
+                c_low, c_high = cluster_t_ci(arr, clusters, confidence=confidence)
+                low, high = max(0.0, min(low, c_low)), min(1.0, max(high, c_high))
+                p_value = max(p_value, cluster_t_pvalue(arr, clusters, float(threshold)))
+            info.setdefault("interval", "wilson+clustered t" if clustered else "wilson")
+        elif clustered:
+            low, high = cluster_t_ci(arr, clusters, confidence=confidence)
+            p_value = cluster_t_pvalue(arr, clusters, float(threshold))
+            info.setdefault("interval", "clustered t")
         else:
             low, high = bootstrap_ci(arr, confidence=confidence, resamples=resamples, seed=seed)
+            p_value = bootstrap_pvalue(arr, float(threshold), resamples=resamples, seed=seed)
             info.setdefault("interval", "bootstrap")
+        info.setdefault("p_value", p_value)
         clears, misses = (low >= threshold, high < threshold) if higher_is_better else (
             high <= threshold, low > threshold)
         status = Status.PASS if clears else Status.FAIL if misses else Status.INCONCLUSIVE
