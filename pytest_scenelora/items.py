@@ -137,8 +137,12 @@ class CheckItem(pytest.Item):
             from .reporting.baseline import baseline_date, compare_record
 
             stored = next((r for r in session.baseline["results"] if r["id"] == self.nodeid), None)
+            settings = session.settings
+            family = 1 if settings.multiplicity == "none" else \
+                sum(isinstance(item, CheckItem) for item in self.session.items)
             comparison = compare_record(stored, {**record, "verdict": verdict.to_dict()},
-                                        seed=session.settings.seed,
+                                        seed=session.settings.seed, framing=settings.regression,
+                                        family=family,
                                         baseline_date=baseline_date(session.baseline))
             record["baseline"] = {**comparison.to_dict(), "line": comparison.line()}
         return record
@@ -156,10 +160,11 @@ class CheckItem(pytest.Item):
 
 def add_shipped_suites(session: pytest.Session, items: list[pytest.Item]) -> str | None:
     """``pytest --adapter X.safetensors`` in a project with no suite of its own: the command
-    the product is named for. When adapters were given, no suite was collected and no path
-    was named on the command line, the shipped suites are collected and run; when paths
-    were named, nothing is added and the returned line says how to run them. Returns the
-    line to show (None: suites were collected, or no adapter was given)."""
+    the product is named for. When adapters were given and nothing at all was collected
+    (no path named, no test of the project's own), the shipped suites are collected and
+    run; when the project has tests of its own or paths were named, nothing is added and
+    the returned line says how to run them. Returns the line to show (None: a suite was
+    collected, or no adapter was given)."""
     config = session.config
     scene_session: SceneSession = config.stash[SESSION_KEY]
     if not scene_session.settings.adapters or any(isinstance(item, CheckItem) for item in items):
@@ -168,17 +173,20 @@ def add_shipped_suites(session: pytest.Session, items: list[pytest.Item]) -> str
     from .suite import is_suite
 
     folder = suites_dir()
-    if config.args_source is pytest.Config.ArgsSource.ARGS:
-        return (f"scenelora: no suite was collected from the paths given; the shipped suites run with "
-                f"`pytest --pyargs pytest_scenelora.suites --adapter ...` ({folder}), and "
-                "`scenelora init` copies them into this project to edit")
+    if items or config.args_source is pytest.Config.ArgsSource.ARGS:
+        return (f"scenelora: no suite was collected; the shipped suites ({folder}) run with "
+                "`pytest --pyargs pytest_scenelora.suites --adapter ...`, and `scenelora init` copies "
+                "them into this project to edit")
     paths = sorted(p for p in folder.glob("*.yaml") if is_suite(p))
     for path in paths:
-        report = config.hook.pytest_make_collect_report(collector=SuiteFile.from_parent(session, path=path))
+        # named as in the repository (suites/registers.yaml::...), not by a path up and out
+        # of the project's root
+        node = SuiteFile.from_parent(session, path=path, nodeid=f"suites/{path.name}")
+        report = config.hook.pytest_make_collect_report(collector=node)
         if report.failed or report.skipped:
             config.hook.pytest_collectreport(report=report)
         if report.passed:
             items.extend(report.result)
     names = ", ".join(p.name for p in paths)
-    return (f"scenelora: no suite in this project: running the {len(paths)} shipped suites ({names}, in "
+    return (f"scenelora: no test in this project: running the {len(paths)} shipped suites ({names}, in "
             f"{folder}) on the adapters given; `scenelora init` copies them here to edit")

@@ -20,7 +20,8 @@ def test_no_suite_in_the_project_runs_the_shipped_suites_and_says_so(
     for name in ("scene_field.yaml::adapter_active[Δ42_poetic]", "registers.yaml::registers_unpack[Δ42_poetic]",
                  "topic_shift.yaml::", "unseen_scenes.yaml::"):
         assert name in out, name
-    result.stdout.fnmatch_lines(["scenelora: no suite in this project: running the 4 shipped suites "
+    assert "suites/registers.yaml::registers_unpack[Δ42_poetic]" in out
+    result.stdout.fnmatch_lines(["scenelora: no test in this project: running the 4 shipped suites "
                                  "(registers.yaml, scene_field.yaml, topic_shift.yaml, unseen_scenes.yaml, in *) "
                                  "on the adapters given; `scenelora init` copies them here to edit"])
 
@@ -32,17 +33,20 @@ def test_the_shipped_suite_items_run_and_k_selects_among_them(
                                 "-k", "adapter_active")
     result.assert_outcomes(passed=1, deselected=len(["scene_holds", "merge_equivalence", "registers", "topic",
                                                      "unseen"]))
-    result.stdout.fnmatch_lines(["scenelora: no suite in this project: running the 4 shipped suites*"])
+    result.stdout.fnmatch_lines(["scenelora: no test in this project: running the 4 shipped suites*"])
 
 
-def test_named_paths_add_nothing_and_say_how(pytester: pytest.Pytester, make_adapter, tiny_base_dir: Path) -> None:
+@pytest.mark.parametrize("named", [True, False], ids=["a path named", "tests of its own"])
+def test_a_project_with_tests_of_its_own_gets_nothing_added_and_a_line_saying_how(
+        pytester: pytest.Pytester, make_adapter, tiny_base_dir: Path, named: bool) -> None:
     adapter = make_adapter("Δ42_poetic", seed=5)
     pytester.makepyfile(test_mine="def test_mine(): pass")
-    result = pytester.runpytest("test_mine.py", "--adapter", str(adapter), "--base-model", str(tiny_base_dir))
+    paths = ["test_mine.py"] if named else []
+    result = pytester.runpytest(*paths, "--adapter", str(adapter), "--base-model", str(tiny_base_dir))
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["scenelora: no suite was collected from the paths given; the shipped suites run "
-                                 "with `pytest --pyargs pytest_scenelora.suites --adapter ...` (*), and "
-                                 "`scenelora init` copies them into this project to edit"])
+    result.stdout.fnmatch_lines(["scenelora: no suite was collected; the shipped suites (*) run with "
+                                 "`pytest --pyargs pytest_scenelora.suites --adapter ...`, and `scenelora init` "
+                                 "copies them into this project to edit"])
 
 
 def test_without_adapters_nothing_is_added(pytester: pytest.Pytester) -> None:
