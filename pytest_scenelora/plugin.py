@@ -20,7 +20,15 @@ import pytest
 
 from .errors import SceneloraError
 from .session import SESSION_KEY, SceneSession
-from .settings import Settings, parse_device, parse_prompt_format, parse_quantization, parse_seed
+from .settings import (
+    Settings,
+    parse_device,
+    parse_multiplicity,
+    parse_prompt_format,
+    parse_quantization,
+    parse_regression,
+    parse_seed,
+)
 
 if TYPE_CHECKING:
     from .engine.bases import LoadedBase
@@ -53,6 +61,14 @@ _OPTIONS = (
      "write a self-contained HTML report (heatmap, register map, sample texts) to PATH", str, "PATH", ""),
     ("--scenelora-baseline", "scenelora_baseline",
      "fail checks that regress against this stored results file", str, "PATH", ""),
+    ("--scenelora-multiplicity", "scenelora_multiplicity",
+     "adjust the run's verdicts for their number: none (each at its own 95%), holm (no wrong "
+     "decision in the whole run, at 95%) or bh (false discovery rate 5%)",
+     parse_multiplicity, "none|holm|bh", "none"),
+    ("--scenelora-regression", "scenelora_regression",
+     "what regressing against the baseline means: drop (a significant drop beyond the tolerance) or "
+     "non-inferiority (regressed unless shown no worse than the tolerance)",
+     parse_regression, "drop|non-inferiority", "drop"),
 )
 
 
@@ -104,6 +120,8 @@ def _resolve(config: pytest.Config) -> Settings:
         update_baseline=bool(config.getoption("scenelora_update_baseline")
                              or config.getini("scenelora_update_baseline")),
         prompt_format=values["--prompt-format"],
+        multiplicity=values["--scenelora-multiplicity"],
+        regression=values["--scenelora-regression"],
     )
 
 
@@ -154,6 +172,7 @@ class VerdictCollector:
     def __init__(self, session: SceneSession) -> None:
         self.session = session
         self.published: list[str] = []
+        self.family = None  # the multiplicity adjustment's account, once the session finished
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
@@ -202,8 +221,18 @@ class VerdictCollector:
         if self.session.records:
             with contextlib.suppress(SceneloraError):  # a base that failed to load said so in its items
                 prompt_format = self.session.prompt_format
-        self.document = session_document(self.session.records, self.session.settings, self.session.baseline,
+        records = self.session.records
+        if records:
+            from .reporting.family import adjust_records
+
+            records, self.family = adjust_records(records, self.session.settings.multiplicity)
+            if self.family.passes_lost and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            self.session.records = records
+        self.document = session_document(records, self.session.settings, self.session.baseline,
                                          prompt_format=prompt_format)
+        if self.family is not None:
+            self.document["multiplicity"] = self.family.to_dict()
         self.published = publish(self.document, self.session.settings)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -232,7 +261,8 @@ class VerdictCollector:
                 for line in annotations(records, root=config.rootpath,
                                         workspace=os.environ.get("GITHUB_WORKSPACE")):
                     terminalreporter.write_line(line)
-        for line in [*self.session.notices, *self.published]:
+        family = self.family.lines() if self.family is not None else []
+        for line in [*self.session.notices, *family, *self.published]:
             terminalreporter.write_line(line)
         runner = self.session.runner_if_made
         if runner is not None and (runner.generated or runner.reused):

@@ -24,6 +24,24 @@ def _choice(enum_type: type, what: str):
 
 
 parse_device = _choice(Device, "device")
+
+
+def _one_of(allowed: tuple[str, ...], what: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {what}; use {'|'.join(allowed)}")
+        return value
+
+    return parse
+
+
+#: ``--scenelora-multiplicity``: the values of :class:`~.scoring.multiplicity.Multiplicity`,
+#: spelt out here so that reading options imports no numerical code.
+MULTIPLICITY = ("none", "holm", "bh")
+#: ``--scenelora-regression``: the values of :class:`~.reporting.baseline.Framing`.
+REGRESSION = ("drop", "non-inferiority")
+parse_multiplicity = _one_of(MULTIPLICITY, "multiplicity adjustment")
+parse_regression = _one_of(REGRESSION, "regression framing")
 parse_quantization = _choice(Quantization, "quantization")
 parse_prompt_format = _choice(PromptFormat, "prompt format")
 
@@ -78,11 +96,19 @@ class Settings:
     baseline_path: str | None = None  # --scenelora-baseline
     update_baseline: bool = False  # --scenelora-update-baseline
     prompt_format: PromptFormat = PromptFormat.PLAIN  # --prompt-format
+    multiplicity: str = "none"  # --scenelora-multiplicity: one of MULTIPLICITY
+    regression: str = "drop"  # --scenelora-regression: one of REGRESSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "quantize", Quantization(self.quantize))
         object.__setattr__(self, "prompt_format", PromptFormat(self.prompt_format))
+        if self.multiplicity not in MULTIPLICITY:
+            raise ValueError(f"--scenelora-multiplicity {self.multiplicity!r} is not one of "
+                             f"{'|'.join(MULTIPLICITY)}")
+        if self.regression not in REGRESSION:
+            raise ValueError(f"--scenelora-regression {self.regression!r} is not one of "
+                             f"{'|'.join(REGRESSION)}")
         if not self.base_model:
             raise ValueError("--base-model is empty; use 'tiny', a preset, a directory or an HF id")
         if not 0 <= self.seed <= MAX_SEED:

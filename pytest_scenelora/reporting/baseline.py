@@ -144,6 +144,7 @@ class Comparison:
     gained: int | None = None  # ... and the other way round
     framing: str = Framing.DROP.value
     worse_bound: float | None = None  # upper confidence bound of how much worse (non-inferiority)
+    family: int = 1  # comparisons in the run, when significance was adjusted for their number
 
     @property
     def regressed(self) -> bool:
@@ -166,6 +167,9 @@ class Comparison:
         else:
             evidence = (f"{signed(self.delta)}, {self.confidence * 100:g}% CI "
                         f"{signed(self.ci_low)}..{signed(self.ci_high)}")
+        if self.family > 1 and not self.exact:
+            evidence += f"; significant only at p <= {fmt_p((1 - self.confidence) / self.family)} " \
+                        f"over {self.family} checks"
         word = {Change.REGRESSED: "", Change.IMPROVED: "improved ", Change.UNCHANGED: ""}[self.change]
         before, after = fmt_number(self.baseline_score), fmt_number(self.score)
         line = f"{head}: {word}{before} → {after} ({evidence}), {of}"
@@ -242,12 +246,20 @@ def compare_record(
     tolerance: float | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     framing: Framing | str = Framing.DROP,
+    family: int = 1,
 ) -> Comparison:
     """Compare one record of a results document with its baseline record.
 
     Success rates whose samples pair up are compared with McNemar's exact test and an
     exact interval of the paired change; other scores with the paired bootstrap.
     *framing* says what a regression is (the module's docstring).
+
+    *family* > 1 says this comparison is one of that many in the run
+    (``--scenelora-multiplicity``): a change is then significant only when its p-value is
+    at most ``(1 - confidence) / family`` (Bonferroni). A check item is judged as it runs,
+    before the others' p-values exist, so the step-down procedures cannot apply here;
+    Bonferroni controls the family-wise error and the false discovery rate both, at the
+    price of some power.
 
     *tolerance* defaults to the smaller of the two records' own (:func:`record_tolerance`):
     a candidate cannot widen the tolerance it is judged with by editing its suite, and a
@@ -295,7 +307,13 @@ def compare_record(
         change = Change.REGRESSED  # a broken candidate (NaN scores) is the worst regression
     else:
         worse = -delta if hib else delta
-        if mcnemar is not None:
+        if family > 1 and not exact:
+            p_value = extra.get("p_value")
+            significant = p_value is not None and p_value <= (1 - confidence) / family
+            went_down = (delta < 0) == hib
+            worse_significant, better_significant = significant and went_down, significant and not went_down
+            extra["family"] = family
+        elif mcnemar is not None:
             significant = mcnemar.p_value <= 1 - confidence
             lost_more = (mcnemar.b > mcnemar.c) == hib
             worse_significant = significant and lost_more and mcnemar.b != mcnemar.c
