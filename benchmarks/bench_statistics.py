@@ -48,11 +48,11 @@ from pytest_scenelora.scoring.multiplicity import adjust
 from pytest_scenelora.scoring.paired import non_inferior, paired_rates
 from pytest_scenelora.scoring.sequential import sequential_decision
 from pytest_scenelora.scoring.statistics import (
+    binomial_pvalue,
     bootstrap_ci,
     cluster_bootstrap_ci,
     cluster_t_ci,
     wilson_ci,
-    wilson_pvalue,
 )
 
 FIRST = 24
@@ -201,7 +201,7 @@ def simulate_multiplicity(runs: int, seed: int, *, family: int = 20) -> list[Row
             for _ in range(runs):
                 rates = np.array([RATE_THRESHOLD] * (family - far) + [0.95] * far)
                 succ = (rng.random((family, FIRST)) < rates[:, None]).sum(axis=1)
-                p = np.array([wilson_pvalue(int(s), FIRST, RATE_THRESHOLD) for s in succ])
+                p = np.array([binomial_pvalue(int(s), FIRST, RATE_THRESHOLD) for s in succ])
                 decided = adjust(p, method) <= 1 - CONFIDENCE
                 null_decided = int(decided[: family - far].sum())
                 if far == 0:

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_scenelora.reporting.baseline import Change, compare_record
 from pytest_scenelora.reporting.family import adjust_records
-from pytest_scenelora.scoring.statistics import wilson_pvalue
+from pytest_scenelora.scoring.statistics import binomial_pvalue
 from pytest_scenelora.scoring.verdict import decide
 
 CONFTEST = '''
@@ -38,9 +38,9 @@ def pytest_scenelora_check_kinds():
     })]
 '''
 
-# 24 of 24 against 0.5: p ~ 1e-6, decided under any adjustment. 20 of 24 against 0.6:
-# p ~ 0.02, a pass alone; three of them among five checks do not survive Holm
-# (3 x 0.02 > 0.05) but do survive Benjamini-Hochberg (5/5 x 0.02 < 0.05).
+# 24 of 24 against 0.5: p ~ 1e-7, decided under any adjustment. 20 of 24 against 0.6:
+# p ~ 0.027 (exact binomial), a pass alone; three of them among five checks do not
+# survive Holm (3 x 0.027 > 0.05) but do survive Benjamini-Hochberg (5/5 x 0.027 < 0.05).
 STRONG = "  - kind: fixed_rate\n    name: strong_{i}\n    successes: 24\n    threshold: 0.5\n"
 BORDERLINE = "  - kind: fixed_rate\n    name: borderline_{i}\n    successes: 20\n    threshold: 0.6\n"
 SUITE = ("checks:\n" + "".join(STRONG.format(i=i) for i in range(2))
@@ -53,8 +53,8 @@ def record(node: str, samples, threshold: float, status_p=None) -> dict:
 
 
 def test_borderline_p_value_is_what_the_suite_assumes() -> None:
-    assert 0.01 < wilson_pvalue(20, 24, 0.6) < 0.05 / 2.5
-    assert wilson_pvalue(24, 24, 0.5) < 1e-4
+    assert 0.05 / 3 < binomial_pvalue(20, 24, 0.6) < 0.05
+    assert binomial_pvalue(24, 24, 0.5) < 1e-4
 
 
 def test_adjust_records_holm_makes_borderline_passes_inconclusive_and_says_why() -> None:

@@ -29,6 +29,7 @@ from pytest_scenelora.scoring.sequential import (
     sequential_decision,
 )
 from pytest_scenelora.scoring.statistics import (
+    binomial_pvalue,
     bootstrap_ci,
     bootstrap_pvalue,
     cluster_bootstrap_ci,
@@ -205,6 +206,13 @@ def test_wilson_pvalue_matches_the_interval() -> None:
     assert wilson_pvalue(17, 24, high) == pytest.approx(0.05, abs=1e-9)
     assert wilson_pvalue(17, 24, 17 / 24) == pytest.approx(1.0)
     assert wilson_pvalue(24, 24, 1.0) == 1.0 and wilson_pvalue(23, 24, 1.0) == 0.0
+
+
+def test_binomial_pvalue_doubles_the_smaller_exact_tail() -> None:
+    upper = sum(math.comb(24, k) * 0.6**k * 0.4 ** (24 - k) for k in range(20, 25))
+    assert binomial_pvalue(20, 24, 0.6) == pytest.approx(2 * upper, rel=1e-9)
+    assert binomial_pvalue(12, 24, 0.5) == 1.0
+    assert binomial_pvalue(0, 10, 0.0) == 1.0 and binomial_pvalue(1, 10, 0.0) == 0.0
 
 
 def test_bootstrap_pvalue_matches_the_interval() -> None:

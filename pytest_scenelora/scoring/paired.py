@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .statistics import binomial_cdf
+
 __all__ = [
     "PairedRates",
     "clopper_pearson",
@@ -26,22 +28,6 @@ __all__ = [
     "non_inferior",
     "paired_rates",
 ]
-
-
-def _binom_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p), summed in log space (exact to rounding)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    if p <= 0:
-        return 1.0
-    if p >= 1:
-        return 0.0
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-            + i * math.log(p) + (n - i) * math.log1p(-p) for i in range(k + 1)]
-    top = max(logs)
-    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -53,7 +39,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    return min(1.0, 2 * _binom_cdf(min(b, c), n, 0.5))
+    return min(1.0, 2 * binomial_cdf(min(b, c), n, 0.5))
 
 
 def _beta_ppf(q: float, k: int, n: int) -> float:
@@ -62,7 +48,7 @@ def _beta_ppf(q: float, k: int, n: int) -> float:
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        if 1 - _binom_cdf(k - 1, n, mid) < q:
+        if 1 - binomial_cdf(k - 1, n, mid) < q:
             lo = mid
         else:
             hi = mid

@@ -23,13 +23,13 @@ import numpy as np
 
 from ..errors import CheckInputError
 from .statistics import (
+    binomial_pvalue,
     bootstrap_ci,
     bootstrap_pvalue,
     cluster_count,
     cluster_t_ci,
     cluster_t_pvalue,
     wilson_ci,
-    wilson_pvalue,
 )
 
 __all__ = [
@@ -307,9 +307,11 @@ def decide(
     interval is the unclustered one and ``detail["cluster_note"]`` says it speaks for
     that cluster only.
 
-    ``detail["p_value"]`` is the two-sided p-value of "the mean equals the threshold"
-    matching the interval (it is at most ``1 - confidence`` exactly when the verdict is
-    decided), which is what a run's multiplicity adjustment works on.
+    ``detail["p_value"]`` is the two-sided p-value of "the mean equals the threshold",
+    which is what a run's multiplicity adjustment works on: the one matching the bootstrap
+    or clustered interval, and for success rates the exact binomial test's (a little more
+    conservative than the Wilson interval, which is too liberal in the far tails an
+    adjustment looks into).
 
     *texts* and *contexts* (one per sample) label the worst sample; *evidence* (one
     continuous value per sample) ranks samples whose scores tie, e.g. the margins behind
@@ -346,7 +348,7 @@ def decide(
         clustered = groups is not None and groups >= 2
         if rate:
             low, high = wilson_ci(int(arr.sum()), n, confidence=confidence)
-            p_value = wilson_pvalue(int(arr.sum()), n, float(threshold))
+            p_value = binomial_pvalue(int(arr.sum()), n, float(threshold))
             if clustered:
                 c_low, c_high = cluster_t_ci(arr, clusters, confidence=confidence)
                 low, high = max(0.0, min(low, c_low)), min(1.0, max(high, c_high))
