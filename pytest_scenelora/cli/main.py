@@ -220,10 +220,12 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction], Any]]:
     """Subcommands that live beside the modules they drive."""
     from .gate import add_gate_command
     from .init import add_init_command
+    from .plan import add_plan_command
     from .report import add_report_commands
     from .train import add_train_command
 
-    return [add_train_command, add_demo_command, add_report_commands, add_gate_command, add_init_command]
+    return [add_train_command, add_demo_command, add_report_commands, add_gate_command, add_init_command,
+            add_plan_command]
 
 
 # -------------------------------------------------------------------------------- demo
