@@ -9,6 +9,7 @@ checkers run.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest_scenelora
@@ -165,3 +166,12 @@ def test_every_relative_import_names_a_module_of_the_package() -> None:
                 if target not in modules:
                     dangling.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {target}")
     assert dangling == []
+
+
+def test_the_readme_architecture_names_every_module() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    words = set(re.findall(r"[a-z_]+", section))
+    unnamed = sorted(module_name(p) for p in PACKAGE.rglob("*.py")
+                     if p.stem not in ("__init__", "__main__") and p.stem not in words)
+    assert unnamed == [], "README's Architecture section does not name: " + ", ".join(unnamed)
