@@ -14,8 +14,12 @@ Rules:
   fixed@24       today's design: the suite's ``samples`` (24), a 95% interval
   fixed@budget   the same interval at the sequential budget (240): what a fixed design
                  must draw to decide as many near-threshold checks as the sequential one
-  sequential     fixed interval at 24; if inconclusive, the betting confidence sequence
-                 every 24 samples up to 240 (``pytest_scenelora.scoring.sequential``)
+  sequential     what checks do (``pytest_scenelora.scoring.sequential``): the fixed
+                 interval at 24; if inconclusive, the same interval every 24 samples up
+                 to 240, each later look at 99.44% (the second 5% of error split over 9)
+  sequential cs  the same looks judged by a confidence sequence instead (betting for
+                 rates, asymptotic for scores): valid at every n, but wider at these
+                 few looks, so not what checks use
   naive/cluster  clustered scores judged as if independent (bootstrap), or with the
                  cluster-robust t interval (``cluster_t_ci``) or the cluster bootstrap
   none/holm/bh   a family of 20 checks, all exactly on their thresholds: any decision is
@@ -129,7 +133,7 @@ def simulate_single(runs: int, seed: int, *, budget: int = BUDGET, grid: int = 5
         for t_index, (label, mean) in enumerate(truths):
             rng = np.random.default_rng([seed, index, t_index])
             out: dict[str, tuple[list[str], list[bool], list[int]]] = {
-                r: ([], [], []) for r in ("fixed@24", "fixed@budget", "sequential")}
+                r: ([], [], []) for r in ("fixed@24", "fixed@budget", "sequential", "sequential cs")}
             for run in range(runs):
                 stream = draw(rng, mean, budget)
 
@@ -145,15 +149,23 @@ def simulate_single(runs: int, seed: int, *, budget: int = BUDGET, grid: int = 5
                     out[rule][0].append(status)
                     out[rule][1].append(_is_wrong(status, mean, threshold))
                     out[rule][2].append(n)
-                seq = sequential_decision(stream, threshold, first=FIRST, batch=BATCH, budget=budget,
-                                          fixed_interval=fixed, confidence=CONFIDENCE,
-                                          lower=lower, upper=upper, grid=grid,
-                                          bounded=interval is not None)
-                out["sequential"][0].append(seq.status)
-                out["sequential"][1].append(_is_wrong(seq.status, mean, threshold))
-                out["sequential"][2].append(seq.n)
+                def at(x: np.ndarray, confidence: float, run: int = run,
+                       interval: Callable | None = interval) -> tuple[float, float]:
+                    if interval is not None:
+                        return wilson_ci(int(x.sum()), x.size, confidence=confidence)
+                    return bootstrap_ci(x, confidence=confidence, resamples=RESAMPLES, seed=run)
+
+                for rule, extra in (("sequential", {"interval_at": at}),
+                                    ("sequential cs", {"bounded": interval is not None})):
+                    seq = sequential_decision(stream, threshold, first=FIRST, batch=BATCH, budget=budget,
+                                              fixed_interval=fixed, confidence=CONFIDENCE,
+                                              lower=lower, upper=upper, grid=grid, **extra)
+                    out[rule][0].append(seq.status)
+                    out[rule][1].append(_is_wrong(seq.status, mean, threshold))
+                    out[rule][2].append(seq.n)
             for rule, (statuses, wrong, samples) in out.items():
-                rows.append(_tally(f"{rule} {kind}", label, statuses, wrong, samples))
+                rows.append(_tally(f"{rule} {kind}", label, statuses, wrong, samples,
+                                   shipped=rule != "sequential cs"))
     return rows
 
 
@@ -262,7 +274,8 @@ def worst_coverage(rows: list[Row]) -> float:
 
 def samples_ratio(rows: list[Row]) -> float:
     """Mean samples of the sequential rule over those of fixed@budget, off the threshold."""
-    seq = [r.samples for r in rows if r.rule.startswith("sequential") and r.truth != "on threshold"]
+    seq = [r.samples for r in rows if r.rule in ("sequential rate", "sequential score")
+           and r.truth != "on threshold"]
     fixed = [r.samples for r in rows if r.rule.startswith("fixed@budget") and r.truth != "on threshold"]
     return float(np.mean(seq) / np.mean(fixed))
 

@@ -101,16 +101,16 @@ def plan(expected: float, threshold: float, *, sd: float | None = None, confiden
         if sd is None:
             stream = (rng.random(budget) < expected).astype(float)
 
-            def interval(x: np.ndarray) -> tuple[float, float]:
-                return wilson_ci(int(x.sum()), x.size, confidence=confidence)
+            def interval(x: np.ndarray, level: float) -> tuple[float, float]:
+                return wilson_ci(int(x.sum()), x.size, confidence=level)
         else:
             stream = rng.normal(expected, sd, budget)
 
-            def interval(x: np.ndarray, run: int = run) -> tuple[float, float]:
-                return bootstrap_ci(x, confidence=confidence, resamples=500, seed=run)
+            def interval(x: np.ndarray, level: float, run: int = run) -> tuple[float, float]:
+                return bootstrap_ci(x, confidence=level, resamples=500, seed=run)
         outcome = sequential_decision(stream, threshold, first=first, batch=batch, budget=budget,
-                                      fixed_interval=interval, confidence=confidence,
-                                      bounded=sd is None, grid=400)
+                                      fixed_interval=lambda x, f=interval: f(x, confidence),
+                                      confidence=confidence, interval_at=interval)
         used.append(outcome.n)
         decided += outcome.status != "inconclusive"
         first_decided += outcome.status != "inconclusive" and outcome.n == first

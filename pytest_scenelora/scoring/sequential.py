@@ -20,6 +20,15 @@ judged by the confidence sequence. The two share the error: the fixed look errs 
 a verdict is wrong at most ``alpha`` of the time (the union bound), whichever way the
 truth lies.
 
+What checks use (:mod:`~.checks.runner`) is the simpler *error-spending* form of the same
+idea (``interval_at``): the looks are few and fixed in advance (every ``samples`` more, up
+to ``max_samples``), so the continuation's half of the error can be split evenly over
+them (Bonferroni) and each judged with the check's own interval. At ten looks that
+decides more checks with fewer samples than either confidence sequence
+(``benchmarks/bench_statistics.py`` measures all three), needs no bounds on a score, and
+does not depend on the order a check kind lists its samples in. The confidence
+sequences stay for streams judged at every sample.
+
 Pure functions of numbers (numpy and the standard library only).
 """
 
@@ -41,6 +50,7 @@ __all__ = [
     "betting_cs_path",
     "looks",
     "sequential_decision",
+    "spending_confidence",
 ]
 
 #: Candidate means tried between the bounds; the interval's ends are rounded outwards to it.
@@ -208,6 +218,16 @@ def asymptotic_cs_path(
     return lows, highs
 
 
+def spending_confidence(confidence: float, looks: int) -> float:
+    """The confidence of each look after the first when *looks* looks share the error:
+    the first keeps ``1 - confidence`` (so it decides exactly as a fixed-n verdict), the
+    others split another ``1 - confidence`` evenly. With 24 samples, then batches of 24 up
+    to 240 (10 looks), each later look is a 99.44% interval."""
+    if looks < 2:
+        return confidence
+    return 1 - (1 - confidence) / (looks - 1)
+
+
 class StopReason(str, enum.Enum):
     """Why a sequential check stopped drawing samples."""
 
@@ -261,6 +281,7 @@ def sequential_decision(
     upper: float = 1.0,
     grid: int = DEFAULT_GRID,
     bounded: bool = True,
+    interval_at: Callable[[np.ndarray, float], tuple[float, float]] | None = None,
 ) -> SequentialOutcome:
     """Judge *stream* (at least *first* samples; the budget is its length unless given)
     the way a sequential check does.
@@ -272,6 +293,11 @@ def sequential_decision(
     or the asymptotic one (not *bounded*: continuous scores whose range is much wider than
     their spread). See the module's docstring for why the error stays within
     ``1 - confidence``.
+
+    With *interval_at* (the check's own interval at a given confidence), the later looks
+    use it instead, each at ``spending_confidence(confidence, looks)``: the second half of
+    the error split evenly over them (Bonferroni). That rule needs no bounds and no fixed
+    order of the samples, so it applies to any check kind's verdict as it stands.
     """
     arr = np.asarray(stream, dtype=np.float64).ravel()
     budget = arr.size if budget is None else budget
@@ -282,6 +308,14 @@ def sequential_decision(
     status = _judge(low, high, threshold, higher_is_better)
     if status != "inconclusive" or len(points) == 1:
         return SequentialOutcome(status, first, low, high, StopReason.FIRST_LOOK)
+    if interval_at is not None:
+        each = spending_confidence(confidence, len(points))
+        for n in points[1:]:
+            low, high = interval_at(arr[:n], each)
+            status = _judge(low, high, threshold, higher_is_better)
+            if status != "inconclusive":
+                return SequentialOutcome(status, n, low, high, StopReason.DECIDED)
+        return SequentialOutcome("inconclusive", budget, low, high, StopReason.BUDGET)
     if bounded:
         lows, highs = betting_cs_path(arr[:budget], alpha=1 - confidence, lower=lower, upper=upper,
                                       grid=grid)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ __all__ = [
     "decide",
     "jsonable",
     "pick_worst",
+    "rejudge",
 ]
 
 #: An inconclusive verdict never asks for more samples than this.
@@ -270,6 +271,63 @@ def _estimate_samples_needed(n: int, low: float, high: float, score: float, thre
     return int(min(SAMPLES_NEEDED_CAP, max(n + 1, need)))
 
 
+def _interval(arr: np.ndarray, threshold: float, *, rate: bool, clusters: Sequence[object] | None,
+              confidence: float, resamples: int, seed: int) -> tuple[float, float, float, str]:
+    """(low, high, p-value, the interval's name) of the mean of finite *arr*."""
+    clustered = clusters is not None and cluster_count(clusters) >= 2
+    n = int(arr.size)
+    if rate:
+        low, high = wilson_ci(int(arr.sum()), n, confidence=confidence)
+        p_value = binomial_pvalue(int(arr.sum()), n, threshold)
+        if clustered:
+            c_low, c_high = cluster_t_ci(arr, clusters, confidence=confidence)
+            low, high = max(0.0, min(low, c_low)), min(1.0, max(high, c_high))
+            p_value = max(p_value, cluster_t_pvalue(arr, clusters, threshold))
+        return low, high, p_value, "wilson+clustered t" if clustered else "wilson"
+    if clustered:
+        low, high = cluster_t_ci(arr, clusters, confidence=confidence)
+        return low, high, cluster_t_pvalue(arr, clusters, threshold), "clustered t"
+    low, high = bootstrap_ci(arr, confidence=confidence, resamples=resamples, seed=seed)
+    return low, high, bootstrap_pvalue(arr, threshold, resamples=resamples, seed=seed), "bootstrap"
+
+
+def _judge(low: float, high: float, threshold: float, higher_is_better: bool) -> Status:
+    clears, misses = (low >= threshold, high < threshold) if higher_is_better else (
+        high <= threshold, low > threshold)
+    return Status.PASS if clears else Status.FAIL if misses else Status.INCONCLUSIVE
+
+
+#: The intervals :func:`rejudge` can recompute from a verdict alone.
+REJUDGEABLE = ("wilson", "wilson+clustered t", "clustered t", "bootstrap")
+
+
+def rejudge(verdict: Verdict, *, confidence: float, seed: int, resamples: int = 2000) -> Verdict:
+    """*verdict* judged again from its own samples at another *confidence*, with the
+    interval it was judged with (its ``detail["interval"]``, one of :data:`REJUDGEABLE`;
+    clustered intervals use the ``cluster_labels`` :func:`decide` kept).
+
+    Sequential sampling uses it: a check kind judges at the suite's confidence, and each
+    later look spends a share of the error (:mod:`~.scoring.sequential`).
+    """
+    kind = verdict.detail.get("interval")
+    if kind not in REJUDGEABLE:
+        raise ValueError(f"{verdict.name}: its interval {kind!r} cannot be recomputed from its samples")
+    arr = np.asarray(verdict.samples, dtype=np.float64)
+    if arr.size == 0 or not np.isfinite(arr).all():
+        return verdict
+    labels = verdict.detail.get("cluster_labels")
+    clusters = list(labels) if "clustered" in kind and labels is not None else None
+    low, high, p_value, _ = _interval(arr, verdict.threshold, rate=kind.startswith("wilson"),
+                                      clusters=clusters, confidence=confidence, resamples=resamples,
+                                      seed=seed)
+    status = _judge(low, high, verdict.threshold, verdict.higher_is_better)
+    needed = (_estimate_samples_needed(verdict.n, low, high, verdict.score, verdict.threshold)
+              if status is Status.INCONCLUSIVE else None)
+    detail = {**verdict.detail, "p_value": p_value}
+    return replace(verdict, ci_low=low, ci_high=high, status=status, samples_needed=needed, detail=detail,
+                   confidence=confidence)
+
+
 def decide(
     check: str,
     subject: str,
@@ -342,30 +400,15 @@ def decide(
         groups = None if clusters is None else cluster_count(clusters)
         if groups is not None:
             info.setdefault("clusters", groups)
+            info.setdefault("cluster_labels", [str(c) for c in clusters])
             if groups < 2:
                 info.setdefault("cluster_note", "all samples share one cluster: the interval speaks "
                                                 "for that one, not for others like it")
-        clustered = groups is not None and groups >= 2
-        if rate:
-            low, high = wilson_ci(int(arr.sum()), n, confidence=confidence)
-            p_value = binomial_pvalue(int(arr.sum()), n, float(threshold))
-            if clustered:
-                c_low, c_high = cluster_t_ci(arr, clusters, confidence=confidence)
-                low, high = max(0.0, min(low, c_low)), min(1.0, max(high, c_high))
-                p_value = max(p_value, cluster_t_pvalue(arr, clusters, float(threshold)))
-            info.setdefault("interval", "wilson+clustered t" if clustered else "wilson")
-        elif clustered:
-            low, high = cluster_t_ci(arr, clusters, confidence=confidence)
-            p_value = cluster_t_pvalue(arr, clusters, float(threshold))
-            info.setdefault("interval", "clustered t")
-        else:
-            low, high = bootstrap_ci(arr, confidence=confidence, resamples=resamples, seed=seed)
-            p_value = bootstrap_pvalue(arr, float(threshold), resamples=resamples, seed=seed)
-            info.setdefault("interval", "bootstrap")
+        low, high, p_value, kind = _interval(arr, float(threshold), rate=rate, clusters=clusters,
+                                             confidence=confidence, resamples=resamples, seed=seed)
+        info.setdefault("interval", kind)
         info.setdefault("p_value", p_value)
-        clears, misses = (low >= threshold, high < threshold) if higher_is_better else (
-            high <= threshold, low > threshold)
-        status = Status.PASS if clears else Status.FAIL if misses else Status.INCONCLUSIVE
+        status = _judge(low, high, float(threshold), higher_is_better)
     needed = (_estimate_samples_needed(n, low, high, score, threshold)
               if status is Status.INCONCLUSIVE else None)
     if worst is None:
