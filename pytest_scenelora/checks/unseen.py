@@ -105,8 +105,7 @@ def _holds_a_failure(database: Any, trial: Any) -> bool:
 
 
 def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
-    from hypothesis import HealthCheck, example, given, reject, settings
-    from hypothesis.database import DirectoryBasedExampleDatabase
+    from hypothesis import example, given, reject, settings
 
     from ..strategies import scenes
 
@@ -117,24 +116,8 @@ def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
     distractor_vecs = context.embed([s.core for s in training])
     threshold = spec["threshold"]
     log = _Log()
-    samples: list[float] = []
-    texts: list[str] = []
-    contexts: list[dict[str, Any]] = []
-
     drawn: list[Scene] | None = None  # while the draws are being listed ahead of the run
-    ahead: dict[str, Scene] = {}  # scenes known to come whose samples are not generated yet
-
-    def generate_ahead(scene: Scene) -> None:
-        """*scene*'s samples, with those of the next scenes known to come: one batch."""
-        if scene.core not in ahead:
-            return
-        cores = list(ahead)
-        start = cores.index(scene.core)
-        per_batch = max(1, context.batch_rows // spec["samples"])
-        window = [ahead.pop(core) for core in cores[start : start + per_batch]]
-        prompts = [context.scene_prompt(s, InputMode.FRAGMENT) for s in window]
-        outputs = context.texts([Request(adapter, prompt, spec["samples"]) for prompt in prompts])
-        context.embed([s.core for s in window] + [text for batch in outputs for text in batch])
+    ahead = _Ahead(context, adapter, spec["samples"])
 
     def trial(scene: Scene) -> None:
         if drawn is not None:
@@ -144,7 +127,7 @@ def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
             if log.shrink_trials >= SHRINK_BUDGET:
                 reject()  # shrinking keeps the smallest failure found so far
             log.shrink_trials += 1
-        generate_ahead(scene)
+        ahead.generate(scene)
         prompt = context.scene_prompt(scene, InputMode.FRAGMENT)
         [outputs] = context.texts([Request(adapter, prompt, spec["samples"])])
         vecs = context.embed(outputs)
@@ -161,14 +144,7 @@ def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
                               f"in the {register} register (95% CI {verdict.ci_low:.2f}.."
                               f"{verdict.ci_high:.2f}), needs {threshold:.2f}", log.trials[-1])
 
-    options: dict[str, Any] = {
-        "max_examples": spec["examples"],
-        "deadline": None,
-        "suppress_health_check": list(HealthCheck),
-        "print_blob": False,
-    }
-    options["database"] = None if os.environ.get("CI") else DirectoryBasedExampleDatabase(
-        str(cache_home() / "hypothesis"))
+    options = _hypothesis_options(spec["examples"])
     # one database key per suite, check and adapter identity, so failures replay where they belong
     identity = f"{context.suite.path}::{spec.name}::{context.adapter(adapter).content_hash}"
     trial._hypothesis_internal_add_digest = identity.encode()
@@ -197,22 +173,71 @@ def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
     drawn = []
     if not _holds_a_failure(options["database"], trial):
         wrapped(database=None)()
-    ahead.update((s.core, s) for s in listed + drawn)
+    ahead.expect(listed + drawn)
     drawn = None
+    failure = _first_failure(wrapped(listed))
+    return _pooled_verdict(context, adapter, register, threshold, log.trials, failure)
 
-    test = wrapped(listed)
-    failure: SceneFailed | None = None
+
+class _Ahead:
+    """Scenes known to come whose samples are not generated yet: a scene's samples are
+    generated with those of the next few, in one batch."""
+
+    def __init__(self, context: CheckContext, adapter: str, samples: int) -> None:
+        self.context, self.adapter, self.samples = context, adapter, samples
+        self.scenes: dict[str, Scene] = {}
+
+    def expect(self, scenes: Sequence[Scene]) -> None:
+        self.scenes.update((s.core, s) for s in scenes)
+
+    def generate(self, scene: Scene) -> None:
+        if scene.core not in self.scenes:
+            return
+        cores = list(self.scenes)
+        start = cores.index(scene.core)
+        per_batch = max(1, self.context.batch_rows // self.samples)
+        window = [self.scenes.pop(core) for core in cores[start : start + per_batch]]
+        prompts = [self.context.scene_prompt(s, InputMode.FRAGMENT) for s in window]
+        outputs = self.context.texts([Request(self.adapter, prompt, self.samples) for prompt in prompts])
+        self.context.embed([s.core for s in window] + [text for batch in outputs for text in batch])
+
+
+def _hypothesis_options(examples: int) -> dict[str, Any]:
+    from hypothesis import HealthCheck
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    return {
+        "max_examples": examples,
+        "deadline": None,
+        "suppress_health_check": list(HealthCheck),
+        "print_blob": False,
+        "database": None if os.environ.get("CI") else DirectoryBasedExampleDatabase(
+            str(cache_home() / "hypothesis")),
+    }
+
+
+def _first_failure(test: Any) -> SceneFailed | None:
+    """Run the property; the failing scene Hypothesis reports (shrunk), if any."""
     try:
         test()
     except SceneFailed as exc:
-        failure = exc
+        return exc
     except BaseExceptionGroup as group:  # several listed scenes failed: report the first
         failed, other = group.split(SceneFailed)
         if failed is None or other is not None:
             raise
-        failure = _first(failed)
+        return _first(failed)
+    return None
 
-    distinct = distinct_trials(log.trials)
+
+def _pooled_verdict(context: CheckContext, adapter: str, register: str, threshold: float,
+                    trials: Sequence[_Trial], failure: SceneFailed | None) -> Verdict:
+    """Every distinct scene's samples pooled into one verdict; a scene that failed on its own
+    fails the check even when the pooled rate clears the bar."""
+    samples: list[float] = []
+    texts: list[str] = []
+    contexts: list[dict[str, Any]] = []
+    distinct = distinct_trials(trials)
     for t in distinct:
         samples.extend(t.verdict.samples)
         texts.extend(t.texts)
