@@ -39,6 +39,23 @@ if TYPE_CHECKING:
 __all__ = ["style_survives_topic_shift"]
 
 
+def _check_inputs(subject: str, outputs_by_topic: Mapping[str, np.ndarray],
+                  topic_vecs: Mapping[str, np.ndarray],
+                  texts_by_topic: Mapping[str, Sequence[str]] | None) -> None:
+    where = f"style_survives_topic_shift[{subject}]"
+    if not outputs_by_topic:
+        raise CheckInputError(f"{where}: no topics to judge")
+    unknown = [t for t in outputs_by_topic if t not in topic_vecs]
+    if unknown:
+        raise CheckInputError(f"{where}: no topic vector for {unknown[0]!r}")
+    for topic, raw in outputs_by_topic.items():
+        outputs = len(np.atleast_2d(np.asarray(raw)))
+        topic_texts = None if texts_by_topic is None else texts_by_topic.get(topic)
+        if topic_texts is not None and len(topic_texts) != outputs:
+            raise CheckInputError(f"{where}: {len(topic_texts)} texts for {outputs} outputs "
+                                  f"on topic {topic!r}")
+
+
 def style_survives_topic_shift(
     outputs_by_topic: Mapping[str, np.ndarray],
     topic_vecs: Mapping[str, np.ndarray],
@@ -63,11 +80,7 @@ def style_survives_topic_shift(
     Fails for an adapter that recites its home scene whatever the prompt, and for one
     whose voice dissolves into another register (or the base's) off its home scene.
     """
-    if not outputs_by_topic:
-        raise CheckInputError(f"style_survives_topic_shift[{subject}]: no topics to judge")
-    unknown = [t for t in outputs_by_topic if t not in topic_vecs]
-    if unknown:
-        raise CheckInputError(f"style_survives_topic_shift[{subject}]: no topic vector for {unknown[0]!r}")
+    _check_inputs(subject, outputs_by_topic, topic_vecs, texts_by_topic)
     space.index(register)
     success_parts, evidence_parts, contexts, texts = [], [], [], []
     topic_of: list[str] = []
@@ -92,9 +105,6 @@ def style_survives_topic_shift(
                              "topic margin": round(float(topic_margin[k]), 4),
                              "register margin": round(float(reg_margin[k]), 4)})
         topic_texts = None if texts_by_topic is None else texts_by_topic.get(topic)
-        if topic_texts is not None and len(topic_texts) != len(vecs):
-            raise CheckInputError(f"style_survives_topic_shift[{subject}]: {len(topic_texts)} texts "
-                                  f"for {len(vecs)} outputs on topic {topic!r}")
         texts.extend(topic_texts if topic_texts is not None else [None] * len(vecs))
         topic_of.extend([topic] * len(vecs))
     success = np.concatenate(success_parts)
