@@ -28,6 +28,7 @@ from .settings import (
     parse_quantization,
     parse_regression,
     parse_seed,
+    parse_switch,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ _OPTIONS = (
      "what regressing against the baseline means: drop (a significant drop beyond the tolerance) or "
      "non-inferiority (regressed unless shown no worse than the tolerance)",
      parse_regression, "drop|non-inferiority", "drop"),
+    ("--scenelora-sequential", "scenelora_sequential",
+     "keep sampling a check that is inconclusive at its `samples`, in batches, until it is decided or "
+     "reaches its `max_samples` (off: judge `samples` alone)", parse_switch, "on|off", "on"),
 )
 
 
@@ -122,6 +126,7 @@ def _resolve(config: pytest.Config) -> Settings:
         prompt_format=values["--prompt-format"],
         multiplicity=values["--scenelora-multiplicity"],
         regression=values["--scenelora-regression"],
+        sequential=values["--scenelora-sequential"] == "on",
     )
 
 

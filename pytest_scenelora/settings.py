@@ -41,6 +41,7 @@ MULTIPLICITY = ("none", "holm", "bh")
 #: ``--scenelora-regression``: the values of :class:`~.reporting.baseline.Framing`.
 REGRESSION = ("drop", "non-inferiority")
 parse_multiplicity = _one_of(MULTIPLICITY, "multiplicity adjustment")
+parse_switch = _one_of(("on", "off"), "switch")
 parse_regression = _one_of(REGRESSION, "regression framing")
 parse_quantization = _choice(Quantization, "quantization")
 parse_prompt_format = _choice(PromptFormat, "prompt format")
@@ -98,6 +99,7 @@ class Settings:
     prompt_format: PromptFormat = PromptFormat.PLAIN  # --prompt-format
     multiplicity: str = "none"  # --scenelora-multiplicity: one of MULTIPLICITY
     regression: str = "drop"  # --scenelora-regression: one of REGRESSION
+    sequential: bool = True  # --scenelora-sequential on|off
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
     from .context import CheckContext
 
 #: Keys every check has, which a kind's parameters may not reuse.
-RESERVED = frozenset({"kind", "name", "tolerance"})
+RESERVED = frozenset({"kind", "name", "tolerance", "max_samples"})
+
+#: ``max_samples: 0`` (the default) lets sequential sampling draw up to this many times a
+#: check's ``samples``.
+SEQUENTIAL_FACTOR = 4
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -44,6 +48,11 @@ class CheckKind:
         schema = dict(self.params)
         schema["tolerance"] = Param(float, self.tolerance, 0.0, 100.0,
                                     "largest drop from the baseline that is not a regression")
+        if "samples" in schema:
+            schema["max_samples"] = Param(int, 0, 0, 100_000,
+                                          "most samples sequential sampling draws when `samples` leaves "
+                                          f"the check inconclusive (0: {SEQUENTIAL_FACTOR} x samples; "
+                                          "at or below samples: no sequential sampling)")
         object.__setattr__(self, "schema", schema)
 
     def problem(self) -> str | None:

@@ -15,7 +15,7 @@ base, PEFT and the embedder are loaded only when something is missing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -257,7 +257,53 @@ class SuiteRunner:
             definition = by_name(shipped_kinds()).get(spec.kind)
             if definition is None:
                 raise SuiteError(suite.path, spec.line, f"unknown check kind {excerpt(spec.kind)}")
-        return definition.run(CheckContext(self, suite), spec, adapter)
+        context = CheckContext(self, suite)
+        verdict = definition.run(context, spec, adapter)
+        if self.session.settings.sequential:
+            verdict = self.continue_sampling(definition, context, spec, adapter, verdict)
+        return verdict
+
+    def continue_sampling(self, definition: Any, context: CheckContext, spec: CheckSpec, adapter: str,
+                          verdict: Verdict) -> Verdict:
+        """Sequential sampling: a check left inconclusive by its ``samples`` runs again with
+        ``samples`` more each time, up to ``max_samples``, until it is decided.
+
+        Each later look judges all the samples so far with the check's own interval at a
+        stricter confidence (:func:`~.scoring.sequential.spending_confidence`), so looking
+        again and again keeps the verdict's error within its stated level. Generations are
+        cached by prompt and sample index, so each look generates only the new samples, and
+        a warm rerun replays every look from the cache. The verdict says how many samples it
+        used and why it stopped (``detail["sequential"]``).
+        """
+        from ..scoring.sequential import looks, spending_confidence
+        from ..scoring.verdict import REJUDGEABLE, Status, rejudge
+        from .kind import SEQUENTIAL_FACTOR
+
+        first = spec.params.get("samples")
+        if not isinstance(first, int) or verdict.detail.get("interval") not in REJUDGEABLE:
+            return verdict
+        budget = spec.params.get("max_samples") or SEQUENTIAL_FACTOR * first
+        if verdict.status is not Status.INCONCLUSIVE or budget <= first:
+            stop = "decided" if verdict.status is not Status.INCONCLUSIVE else "budget"
+            return replace(verdict, detail={**verdict.detail, "sequential": {
+                "samples": first, "first": first, "max_samples": max(budget, first), "looks": 1,
+                "stop": stop, "confidence_per_look": verdict.confidence}})
+        points = looks(first, first, budget)
+        each = spending_confidence(verdict.confidence, len(points))
+        stop = "budget"
+        for n in points[1:]:
+            more = replace(spec, params={**spec.params, "samples": n})
+            verdict = rejudge(definition.run(context, more, adapter), confidence=each, seed=self.seed)
+            if verdict.status is not Status.INCONCLUSIVE:
+                stop = "decided"
+                break
+        p_value = verdict.detail.get("p_value")
+        detail = {**verdict.detail, "sequential": {
+            "samples": n, "first": first, "max_samples": budget, "looks": points.index(n) + 1,
+            "stop": stop, "confidence_per_look": each}}
+        if isinstance(p_value, float):  # what the look's decision means for the run's family
+            detail["p_value"] = min(1.0, p_value * (len(points) - 1))
+        return replace(verdict, detail=detail)
 
     @property
     def seed(self) -> int:

@@ -164,6 +164,12 @@ class Verdict:
         note = self.detail.get("cluster_note")
         if note:
             lines.append(f"  {note}")
+        seq = self.detail.get("sequential")
+        if isinstance(seq, Mapping) and seq.get("looks", 1) > 1:
+            lines.append(f"  sequential: {seq.get('looks')} looks, samples {seq.get('first')} up to "
+                         f"{seq.get('samples')} (max_samples {seq.get('max_samples')}), stopped: "
+                         f"{seq.get('stop')}; each later look at "
+                         f"{float(seq.get('confidence_per_look', self.confidence)) * 100:.3g}%")
         if self.worst is not None and self.status is not Status.PASS:
             lines.append(f"  worst sample {self.worst.describe()}")
         if self.status is Status.INCONCLUSIVE:
