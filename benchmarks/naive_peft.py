@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pytest_scenelora.checks.runner import Request, SuiteRunner
-from pytest_scenelora.engine import adapters as fmt
+from pytest_scenelora.engine import adapters as adapter_files
 from pytest_scenelora.engine.generation import GenerationConfig
 from pytest_scenelora.engine.lora_config import lora_config
 from pytest_scenelora.engine.sampling import decision_margin, sample_row
@@ -110,7 +110,7 @@ class LoadedAdapter:
     """One adapter on its own freshly loaded base, as the user's loop holds it."""
 
     name: str
-    info: fmt.AdapterInfo
+    info: adapter_files.AdapterInfo
     peft_dir: Path
     base_dir: Path
     model: Any
@@ -122,7 +122,7 @@ class LoadedAdapter:
     traces: dict[tuple[str | None, str, int], list[tuple[int, float]]] | None = None
 
     @classmethod
-    def load(cls, info: fmt.AdapterInfo, peft_dir: Path, base_dir: Path, stats: NaiveStats,
+    def load(cls, info: adapter_files.AdapterInfo, peft_dir: Path, base_dir: Path, stats: NaiveStats,
              device: str = "cpu") -> LoadedAdapter:
         model = load_peft(base_dir, peft_dir, device)
         stats.base_loads += 1
@@ -211,8 +211,8 @@ def load_peft(base_dir: Path, peft_dir: Path, device: str = "cpu") -> Any:
             device_map={"": device if device == "cpu" else 0})
     # through scenelora's gate, as the library loads it: a stored initialisation that
     # rewrites base layers (PiSSA, OLoRA...) never runs on the reference's base
-    info = fmt.read_adapter(peft_dir)
-    fmt.validate(info, base_dir).raise_first()
+    info = adapter_files.read_adapter(peft_dir)
+    adapter_files.validate(info, base_dir).raise_first()
     model = PeftModel.from_pretrained(base, str(peft_dir), is_trainable=False,
                                       config=lora_config(info.peft_config, where=info.path))
     return model.eval()
@@ -302,11 +302,12 @@ def run_naive(suite_paths: Sequence[Path], adapter_paths: Sequence[Path], *,
         torch.set_num_threads(threads)
     quiet_transformers()
     base_dir = resolve_base(base)
-    infos = [fmt.read_adapter(p) for p in adapter_paths]
+    infos = [adapter_files.read_adapter(p) for p in adapter_paths]
     suites = [load_suite(Path(p)) for p in suite_paths]
     # the user's adapters in PEFT's folder format (not timed: a one-off conversion)
     folders = Path(tempfile.mkdtemp(prefix="naive-peft-"))
-    peft_dirs = {info.name: fmt.convert(info.path, folders / info.name) if info.path.is_file() else info.path
+    peft_dirs = {info.name: adapter_files.convert(info.path, folders / info.name)
+                 if info.path.is_file() else info.path
                  for info in infos}
     stats = NaiveStats()
     settings = Settings(adapters=tuple(str(p) for p in adapter_paths), base_model=base, device=device,
@@ -342,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base-model", default="tiny")
     parser.add_argument("--quantize", default="none", choices=("none", "8bit", "4bit"))
     args = parser.parse_args(argv)
-    paths = fmt.discover(args.adapter)
+    paths = adapter_files.discover(args.adapter)
     suites = [p for s in args.suites for p in (sorted(s.glob("*.yaml")) if s.is_dir() else [s])]
     device = args.device
     if device == "auto":

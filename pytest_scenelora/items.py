@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .engine import adapters as fmt
+from .engine import adapters as adapter_files
 from .errors import SceneloraError, UsageError
 from .session import SESSION_KEY
 from .suite import CheckSpec, Suite, SuiteError, check_references, load_suite
@@ -81,7 +81,7 @@ class SuiteFile(pytest.File):
             pytest.skip(f"{self.path.name}: no adapters in {suite.adapter_dir} yet; train them with "
                         f"`scenelora train --all --out {suite.adapter_dir}` or pass --adapter PATH",
                         allow_module_level=True)
-        found = {fmt.adapter_name(p): p for p in fmt.discover([suite.adapter_dir])}
+        found = {adapter_files.adapter_name(p): p for p in adapter_files.discover([suite.adapter_dir])}
         chosen = [n for n in found if suite.selects(n)]
         if not chosen:
             raise SuiteError(suite.path, suite.adapters_line,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .engine import adapters as fmt
+from .engine import adapters as adapter_files
 from .errors import SceneloraError
 from .settings import Settings
 
@@ -29,8 +29,9 @@ class SceneSession:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Cheap and eager: a wrong --adapter is a usage error before collection.
-        self.adapter_paths: list[Path] = fmt.discover(settings.adapters) if settings.adapters else []
-        self.adapter_names: list[str] = [fmt.adapter_name(p) for p in self.adapter_paths]
+        self.adapter_paths: list[Path] = (adapter_files.discover(settings.adapters)
+                                          if settings.adapters else [])
+        self.adapter_names: list[str] = [adapter_files.adapter_name(p) for p in self.adapter_paths]
         self.records: list[dict] = []  # every check item's record for the results document
         self.progress: Callable[[str, int, int], None] | None = None  # a terminal progress bar
         self.notices: list[str] = []  # lines for the user, e.g. that the shipped suites ran
@@ -118,7 +119,7 @@ class SceneSession:
         lines = []
         for path in self.adapter_paths:
             try:
-                info = fmt.read_adapter(path)
+                info = adapter_files.read_adapter(path)
             except (SceneloraError, OSError):  # an unreadable adapter fails its own items, with its message
                 continue
             trained = info.metadata.get("prompt_format") or LEGACY_FORMAT.value

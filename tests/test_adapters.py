@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_scenelora.engine import adapters as fmt
+from pytest_scenelora.engine import adapters as adapter_files
 from pytest_scenelora.errors import AdapterFormatError, UnsafeFormatError
 
 PROMPTS = ["Topic: a quiet harbour at night\n", "Scene: Δ42\n"]
@@ -40,14 +40,14 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
      ("сцена 7_тело", "сцена 7", "тело"), ("noscene", None, None)],
 )
 def test_names_split_at_the_last_underscore(name: str, scene: str | None, role: str | None) -> None:
-    assert fmt.parse_name(name) == (scene, role)
+    assert adapter_files.parse_name(name) == (scene, role)
 
 
 def test_metadata_wins_over_the_file_name(make_adapter, tmp_path: Path) -> None:
     path = make_adapter("Δ42_poetic")
     renamed = tmp_path / "something_else.safetensors"
     renamed.write_bytes(path.read_bytes())
-    info = fmt.read_adapter(renamed)
+    info = adapter_files.read_adapter(renamed)
     assert (info.name, info.scene, info.role) == ("something_else", "Δ42", "poetic")
 
 
@@ -57,7 +57,7 @@ def test_metadata_wins_over_the_file_name(make_adapter, tmp_path: Path) -> None:
 def test_single_file_holds_peft_keys_and_the_contract_metadata(make_adapter, tiny_base_dir) -> None:
     from pytest_scenelora.engine.bases import fingerprint
 
-    info = fmt.read_adapter(make_adapter("Δ42_logic", r=4))
+    info = adapter_files.read_adapter(make_adapter("Δ42_logic", r=4))
     raw = info.path.read_bytes()
     meta = json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])["__metadata__"]
     assert meta["format"] == "pt" and meta["scenelora_format"] == "1"
@@ -112,8 +112,8 @@ def test_convert_is_lossless_both_ways(make_adapter, tiny_base_dir, tmp_path: Pa
     back.parent.mkdir()
     assert one_line_ok(scenelora("convert", str(folder), str(back)))
 
-    first, second = fmt.read_adapter(original), fmt.read_adapter(back)
-    assert first.content_hash == fmt.read_adapter(folder).content_hash == second.content_hash
+    first, second = adapter_files.read_adapter(original), adapter_files.read_adapter(back)
+    assert first.content_hash == adapter_files.read_adapter(folder).content_hash == second.content_hash
     assert first.metadata == second.metadata  # provenance survives the round trip
     assert torch.equal(_logits(tiny_base_dir, original), _logits(tiny_base_dir, back))
     assert torch.equal(_logits(tiny_base_dir, folder), _logits(tiny_base_dir, back))
@@ -137,9 +137,9 @@ def test_a_folder_saved_by_plain_peft_converts_bit_identically(tiny_base_dir, tm
     )
     folder = tmp_path / "Δ42_silence"
     model.save_pretrained(folder)
-    single = fmt.convert(folder, tmp_path)
+    single = adapter_files.convert(folder, tmp_path)
     assert single == tmp_path / "Δ42_silence.safetensors"
-    info = fmt.read_adapter(single)
+    info = adapter_files.read_adapter(single)
     assert (info.scene, info.role, info.rank) == ("Δ42", "silence", 4)
     assert torch.equal(_logits(tiny_base_dir, folder), _logits(tiny_base_dir, single))
 
@@ -150,7 +150,7 @@ def test_a_folder_saved_by_plain_peft_converts_bit_identically(tiny_base_dir, tm
 def _rewrite(path: Path, dst: Path, *, tensors=None, metadata=None, drop=()) -> Path:
     from safetensors.torch import load_file, save_file
 
-    info = fmt.read_adapter(path)
+    info = adapter_files.read_adapter(path)
     state = load_file(str(path)) if tensors is None else tensors
     meta = {**info.metadata, "peft_config": json.dumps(info.peft_config)}
     meta.update(metadata or {})
@@ -197,7 +197,7 @@ def _bad_adapters(make_adapter, tmp_path: Path) -> dict[str, tuple[Path, str]]:
     case("unexpected key", _rewrite(good, tmp_path / "extra_x.safetensors", tensors=extra), "unexpected")
     wide = {k: torch.cat([v, v], dim=-1) if ".lora_A." in k else v for k, v in state.items()}
     case("shape", _rewrite(good, tmp_path / "shape_x.safetensors", tensors=wide), "has shape")
-    info = fmt.read_adapter(good)
+    info = adapter_files.read_adapter(good)
     absent = dict(info.peft_config, target_modules=["c_attn"])
     case("absent targets", _rewrite(good, tmp_path / "absent_x.safetensors",
                                     metadata={"peft_config": json.dumps(absent)}), "not found")
@@ -248,7 +248,7 @@ def test_pickles_are_refused_and_never_unpickled(tmp_path: Path, suffix: str) ->
     path = tmp_path / f"Δ42_poetic{suffix}"
     path.write_bytes(pickle.dumps(Exploit()))
     with pytest.raises(UnsafeFormatError, match="unpickling runs arbitrary code"):
-        fmt.read_adapter(path)
+        adapter_files.read_adapter(path)
     folder = tmp_path / "peft_bin"
     folder.mkdir()
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
@@ -271,20 +271,20 @@ def test_read_adapter_refuses_what_is_not_an_adapter(tmp_path: Path) -> None:
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     with pytest.raises(AdapterFormatError, match="not an adapter"):
-        fmt.read_adapter(other)
+        adapter_files.read_adapter(other)
     with pytest.raises(AdapterFormatError, match="no such adapter"):
-        fmt.read_adapter(tmp_path / "missing_x.safetensors")
+        adapter_files.read_adapter(tmp_path / "missing_x.safetensors")
 
 
 def test_discover_takes_files_folders_and_globs(make_adapter, tmp_path: Path) -> None:
     a = make_adapter("Δ42_logic", directory=tmp_path)
     b = make_adapter("Δ42_poetic", directory=tmp_path)
     peft_dir = make_adapter("Δ42_body", directory=tmp_path, as_dir=True)
-    assert fmt.discover([tmp_path]) == sorted([a, b, peft_dir])
-    assert fmt.discover([str(tmp_path / "Δ42_p*.safetensors")]) == [b]
-    assert fmt.discover([a, a]) == [a]
+    assert adapter_files.discover([tmp_path]) == sorted([a, b, peft_dir])
+    assert adapter_files.discover([str(tmp_path / "Δ42_p*.safetensors")]) == [b]
+    assert adapter_files.discover([a, a]) == [a]
     with pytest.raises(AdapterFormatError, match="matches no adapter"):
-        fmt.discover([str(tmp_path / "nothing*.safetensors")])
+        adapter_files.discover([str(tmp_path / "nothing*.safetensors")])
 
 
 def test_list_shows_a_library_and_which_adapters_fit_the_base(make_adapter, tmp_path, tiny_base_dir) -> None:

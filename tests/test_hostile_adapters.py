@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pytest_scenelora.engine import adapters as fmt
+from pytest_scenelora.engine import adapters as adapter_files
 from pytest_scenelora.engine.library import AdapterLibrary, base_tensors
 from pytest_scenelora.engine.lora_config import ignored_config_keys, lora_config, lora_kwargs
 from pytest_scenelora.errors import AdapterFormatError, AdapterMismatchError, LibraryError
@@ -60,7 +60,7 @@ def refused_in_one_line(path: Path, words: str, capsys: pytest.CaptureFixture[st
     from pytest_scenelora.cli.main import main
 
     with pytest.raises(AdapterFormatError) as caught:
-        fmt.read_adapter(path)
+        adapter_files.read_adapter(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and words in message and "\n" not in message, message
     assert len(message) < 400, message
@@ -136,7 +136,7 @@ def hostile_library_files(make_adapter, directory: Path) -> dict[str, Path]:
         files[name] = with_config(good, directory / f"Δ42_{name}.safetensors", **changes)
     for seed, (name, options) in enumerate(STRUCTURAL.items(), start=10):
         files[name] = make_adapter(f"Δ42_{name}", seed=seed, directory=directory, **options)
-    files["olora folder"] = fmt.convert(files["olora"], directory / "Δ42_olora_folder")  # PEFT's format
+    files["olora folder"] = adapter_files.convert(files["olora"], directory / "Δ42_olora_folder")  # PEFT's format
     return files
 
 
@@ -245,7 +245,7 @@ def test_a_config_that_would_alter_or_hang_the_base_is_one_line_naming_the_file(
     assert message in err, err
 
     # an AdapterInfo built by hand skips read_adapter, not the gate
-    good = fmt.read_adapter(make_adapter("Δ42_good", seed=1))
+    good = adapter_files.read_adapter(make_adapter("Δ42_good", seed=1))
     config = {**good.peft_config, **changes}
     forged = dataclasses.replace(good, name="Δ42_forged", path=path, peft_config=config)
     before = snapshot(tiny_base.model)
@@ -269,7 +269,7 @@ def test_an_adapter_that_saves_whole_modules_is_read_but_not_run_in_a_mixed_batc
     info = train(TrainSpec(scene="Δ42", role="poetic", base=str(tiny_base_dir), target_modules=("v_proj",),
                            modules_to_save=("lm_head",), allow_embedding_training=True, steps=2, r=4,
                            batch_size=4, max_length=32, device="cpu"), tmp_path, cache=False).info
-    assert fmt.read_adapter(info.path).peft_config["modules_to_save"] == ["lm_head"]
+    assert adapter_files.read_adapter(info.path).peft_config["modules_to_save"] == ["lm_head"]
     before = snapshot(tiny_base.model)
     library = AdapterLibrary(tiny_base)
     with pytest.raises(LibraryError, match=r"saves whole modules \(lm_head\).*mixed batches") as caught:
@@ -284,14 +284,14 @@ def test_a_config_nested_too_deeply_is_one_line(make_adapter, tmp_path) -> None:
     header["__metadata__"]["peft_config"] = "[" * 100_000
     nested = forge(tmp_path / "Δ42_nested.safetensors", header, data)
     with pytest.raises(AdapterFormatError, match="'peft_config' is not JSON"):
-        fmt.read_adapter(nested)
-    folder = fmt.convert(good, tmp_path / "Δ42_folder")
-    (folder / fmt.PEFT_CONFIG).write_text("{" + '"a":{' * 100_000, encoding="utf-8")
+        adapter_files.read_adapter(nested)
+    folder = adapter_files.convert(good, tmp_path / "Δ42_folder")
+    (folder / adapter_files.PEFT_CONFIG).write_text("{" + '"a":{' * 100_000, encoding="utf-8")
     with pytest.raises(AdapterFormatError, match="nests too deeply"):
-        fmt.read_adapter(folder)
-    (folder / fmt.PEFT_CONFIG).write_text(json.dumps({"r": 8, "target_modules": "(a|aa)+$"}))
+        adapter_files.read_adapter(folder)
+    (folder / adapter_files.PEFT_CONFIG).write_text(json.dumps({"r": 8, "target_modules": "(a|aa)+$"}))
     with pytest.raises(AdapterFormatError, match=r"adapter_config\.json: peft_config 'target_modules'"):
-        fmt.read_adapter(folder)
+        adapter_files.read_adapter(folder)
 
 
 def test_tensors_of_the_base_itself_in_an_adapter_are_refused(tiny_base, make_adapter, tmp_path) -> None:
@@ -326,10 +326,10 @@ def test_config_keys_the_gate_does_not_know_are_a_warning_not_passed_on(make_ada
                                                                        tmp_path) -> None:
     path = with_config(make_adapter("Δ42_good", seed=1), tmp_path / "Δ42_future.safetensors",
                        hypothetical_variant={"depth": 3}, another_option=None)
-    info = fmt.read_adapter(path)
+    info = adapter_files.read_adapter(path)
     assert ignored_config_keys(info.peft_config) == ["hypothetical_variant"]
     assert "hypothetical_variant" not in lora_kwargs(info.peft_config)
-    found = fmt.validate(info, tiny_base_dir)
+    found = adapter_files.validate(info, tiny_base_dir)
     assert found.ok, found.errors
     assert any("'hypothetical_variant'" in w and "not pass" in w for w in found.warnings), found.warnings
 
@@ -345,7 +345,7 @@ def test_the_naive_reference_loads_through_the_gate(make_adapter, tiny_base_dir,
 
     pissa = with_config(make_adapter("Δ42_good", seed=1), tmp_path / "Δ42_pissa.safetensors",
                         init_lora_weights="pissa")
-    folder = fmt.convert(pissa, tmp_path / "Δ42_pissa")
+    folder = adapter_files.convert(pissa, tmp_path / "Δ42_pissa")
     model = naive_peft.load_peft(tiny_base_dir, folder)
     assert model.peft_config["default"].init_lora_weights is False
     assert changed_tensors(snapshot(load_base(str(tiny_base_dir), device="cpu").model), model) == []

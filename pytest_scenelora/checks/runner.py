@@ -102,15 +102,15 @@ class SuiteRunner:
     def adapter(self, name: str) -> AdapterIdentity:
         """An adapter's scene, role and content hash: from the library once it is loaded,
         else from the adapter files' headers (no model needed)."""
-        from ..engine import adapters as fmt
+        from ..engine import adapters as adapter_files
 
         if not self.model_loaded:
             if self._headers is None:
                 self._headers = {}
                 for path in self.session.adapter_paths:
-                    info = fmt.read_adapter(path)
+                    info = adapter_files.read_adapter(path)
                     self._headers[info.name] = info
-            info = self._headers.get(fmt.normalize_name(name))
+            info = self._headers.get(adapter_files.normalize_name(name))
             if info is not None:
                 return AdapterIdentity(info.name, info.scene, info.role, info.content_hash)
         entry = self.library.entry(name)

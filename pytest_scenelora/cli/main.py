@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..engine import adapters as fmt
+from ..engine import adapters as adapter_files
 from ..errors import AdapterFormatError, SceneloraError
 from ..reporting.terminal import plain
 from ..settings import parse_device, parse_quantization
@@ -89,11 +89,11 @@ def cmd_base_path(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- adapters
 
 
-def _structural_findings(info: fmt.AdapterInfo) -> fmt.Validation:
+def _structural_findings(info: adapter_files.AdapterInfo) -> adapter_files.Validation:
     """What can be checked without a base: readable tensors, finite values, A/B pairs."""
-    found = fmt.Validation()
+    found = adapter_files.Validation()
     try:
-        fmt.load_tensors(info)
+        adapter_files.load_tensors(info)
     except AdapterFormatError as exc:
         found.errors.append(str(exc))
     a_keys = {k.replace(".lora_A.", ".X.") for k in info.tensors if ".lora_A." in k}
@@ -104,14 +104,14 @@ def _structural_findings(info: fmt.AdapterInfo) -> fmt.Validation:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    info = fmt.read_adapter(args.path)
-    findings = fmt.Validation()
+    info = adapter_files.read_adapter(args.path)
+    findings = adapter_files.Validation()
     against = "structure only (pass --base-model to check it against a base)"
     if args.base_model:
         from ..engine.bases import fingerprint, resolve_base
 
         base_dir = resolve_base(args.base_model)
-        findings = fmt.validate(info, base_dir, fingerprint(base_dir))
+        findings = adapter_files.validate(info, base_dir, fingerprint(base_dir))
         against = f"against base {args.base_model} ({base_dir})"
     findings.errors += _structural_findings(info).errors
     targets = info.target_modules
@@ -143,7 +143,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    written = fmt.convert(args.src, args.dst)
+    written = adapter_files.convert(args.src, args.dst)
     print(f"wrote {printable(written)}")
     return 0
 
@@ -157,17 +157,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         fp = fingerprint(base_dir)
     rows: list[tuple[str, ...]] = []
     failures = 0
-    for path in fmt.discover([args.directory]):
+    for path in adapter_files.discover([args.directory]):
         try:
-            info = fmt.read_adapter(path)
+            info = adapter_files.read_adapter(path)
         except AdapterFormatError as exc:
             failures += 1
-            rows.append((fmt.adapter_name(path), "?", "?", "?", "?", f"no: {exc}"))
+            rows.append((adapter_files.adapter_name(path), "?", "?", "?", "?", f"no: {exc}"))
             continue
         if base_dir is None:
             status = "(no --base-model)"
         else:
-            check = fmt.validate(info, base_dir, fp)
+            check = adapter_files.validate(info, base_dir, fp)
             status = "yes" if check.ok else f"no: {check.errors[0]}"
             if check.ok and check.warnings:
                 status = f"yes, but: {check.warnings[0]}"

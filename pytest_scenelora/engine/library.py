@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import LibraryError
 from ..fsutil import canonical_json, sha256_bytes
-from . import adapters as fmt
+from . import adapters as adapter_files
 from .bases import LoadedBase
 from .generation import (
     BASE_ROW,
@@ -43,17 +43,17 @@ class LibraryEntry:
     name: str
     key: str  # the PEFT adapter name: ASCII, no dots
     content_hash: str
-    info: fmt.AdapterInfo | None = None
+    info: adapter_files.AdapterInfo | None = None
     combined_from: Mapping[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
     @property
     def scene(self) -> str | None:
-        return self.info.scene if self.info else fmt.parse_name(self.name)[0]
+        return self.info.scene if self.info else adapter_files.parse_name(self.name)[0]
 
     @property
     def role(self) -> str | None:
-        return self.info.role if self.info else fmt.parse_name(self.name)[1]
+        return self.info.role if self.info else adapter_files.parse_name(self.name)[1]
 
 
 class AdapterLibrary:
@@ -69,7 +69,7 @@ class AdapterLibrary:
     @classmethod
     def from_paths(cls, base: LoadedBase, specs: Iterable[str | os.PathLike[str]]) -> AdapterLibrary:
         library = cls(base)
-        for path in fmt.discover(specs):
+        for path in adapter_files.discover(specs):
             library.add(path)
         return library
 
@@ -78,7 +78,7 @@ class AdapterLibrary:
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and fmt.normalize_name(name) in self._entries
+        return isinstance(name, str) and adapter_files.normalize_name(name) in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -88,7 +88,7 @@ class AdapterLibrary:
 
     def entry(self, name: str) -> LibraryEntry:
         try:
-            return self._entries[fmt.normalize_name(name)]
+            return self._entries[adapter_files.normalize_name(name)]
         except KeyError:
             held = ", ".join(self._entries) or "none"
             raise LibraryError(f"no adapter named {name!r} in the library (it holds: {held})") from None
@@ -102,15 +102,17 @@ class AdapterLibrary:
         self._counter += 1
         return f"a{self._counter}"
 
-    def add(self, source: str | os.PathLike[str] | fmt.AdapterInfo, *, name: str | None = None) -> str:
+    def add(self, source: str | os.PathLike[str] | adapter_files.AdapterInfo, *,
+            name: str | None = None) -> str:
         """Validate an adapter against the base and attach it; returns its name."""
         from peft import get_peft_model, set_peft_model_state_dict
 
-        info = source if isinstance(source, fmt.AdapterInfo) else fmt.read_adapter(Path(source))
-        name = fmt.normalize_name(name or info.name)
+        info = (source if isinstance(source, adapter_files.AdapterInfo)
+                else adapter_files.read_adapter(Path(source)))
+        name = adapter_files.normalize_name(name or info.name)
         if name in self._entries:
             raise LibraryError(f"{info.path}: an adapter named {name!r} is already in the library")
-        check = fmt.validate(info, self.base.path, self.base.fingerprint)
+        check = adapter_files.validate(info, self.base.path, self.base.fingerprint)
         check.raise_first()
         saved = info.peft_config.get("modules_to_save")
         if saved:
@@ -118,7 +120,7 @@ class AdapterLibrary:
                 f"{info.path}: the adapter saves whole modules ({', '.join(saved)}), which PEFT "
                 "cannot run next to other adapters in the mixed batches the library generates with; "
                 "test a LoRA-only adapter (trained without --allow-embedding-training)")
-        tensors = fmt.load_tensors(info)
+        tensors = adapter_files.load_tensors(info)
         key = self._new_key()
         config = lora_config(info.peft_config, where=info.path)
         if self._peft is None:
@@ -184,7 +186,7 @@ class AdapterLibrary:
         if not weights:
             raise LibraryError("combine needs at least one adapter and weight")
         entries = [self.entry(n) for n in weights]
-        name = fmt.normalize_name(name)
+        name = adapter_files.normalize_name(name)
         if name in self._entries:
             raise LibraryError(f"an adapter named {name!r} is already in the library")
         key = self._new_key()

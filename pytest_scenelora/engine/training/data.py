@@ -15,7 +15,7 @@ from ... import shipped
 from ...errors import TrainingDataError, TrainingError
 from ...fsutil import canonical_json, sha256_bytes, sha256_file
 from ...prompts import InputMode, scene_prompt, topic_prompt
-from .. import adapters as fmt
+from .. import adapters as adapter_files
 from .spec import TrainSpec
 
 if TYPE_CHECKING:
@@ -73,10 +73,10 @@ def read_examples(path: str | os.PathLike[str]) -> list[Example]:
             problems.append(f"{where}: {problem}")
             continue
         examples.append(Example(
-            role=fmt.normalize_name(record["role"].strip()),
+            role=adapter_files.normalize_name(record["role"].strip()),
             text=record["text"].strip(),
             source=where,
-            scene=fmt.normalize_name(str(record["scene"]).strip()) if "scene" in record else None,
+            scene=adapter_files.normalize_name(str(record["scene"]).strip()) if "scene" in record else None,
             topic=str(record["topic"]).strip() if "topic" in record else None,
             prompt=record.get("prompt"),
         ))

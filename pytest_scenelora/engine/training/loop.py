@@ -12,7 +12,7 @@ from typing import Any
 
 from ...errors import TrainingError
 from ...prompts import InputMode
-from .. import adapters as fmt
+from .. import adapters as adapter_files
 from ..bases import Quantization
 from ..progress import Progress
 from ..quiet import peft_wrapping_quietly
@@ -204,7 +204,7 @@ def run_training(spec: TrainSpec, training_set: TrainingSet, base: Any,
             progress(spec.name, spec.steps, spec.steps)  # done, or stopped: the bar goes
     peft_model.eval()
     tensors = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
-    config = fmt.config_to_dict(peft_model.peft_config["default"])
+    config = adapter_files.config_to_dict(peft_model.peft_config["default"])
     config["base_model_name_or_path"] = spec.base
     config["inference_mode"] = True
     return Trained(tensors=tensors, config=config, final_loss=loss_value, steps=spec.steps)

@@ -12,7 +12,7 @@ from typing import Any
 from ... import shipped
 from ...errors import TrainingError
 from ...prompts import InputMode
-from .. import adapters as fmt
+from .. import adapters as adapter_files
 from ..bases import TINY, Device, Quantization
 from .targets import TargetPreset, parse_preset, refuse_embeddings
 
@@ -93,7 +93,7 @@ class TrainSpec:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise TrainingError(f"{name} is {value!r}; name one, e.g. scene='Δ42', role='poetic'")
-            put(self, name, fmt.normalize_name(value.strip()))
+            put(self, name, adapter_files.normalize_name(value.strip()))
         if "_" in self.role or "/" in self.role or "/" in self.scene:
             raise TrainingError(
                 f"role {self.role!r} / scene {self.scene!r}: a role holds no '_' and neither "

@@ -23,7 +23,7 @@ from ...fsutil import (
     sha256_bytes,
     sha256_file,
 )
-from .. import adapters as fmt
+from .. import adapters as adapter_files
 from ..progress import Progress
 from .data import TrainingSet, build_training_set
 from .loop import Trained, cpu_kernels, deterministic_torch, hf_progress_bars_off, run_training
@@ -35,7 +35,7 @@ class TrainResult:
     """A trained (or reused) adapter: where it is, what it is, and what it cost."""
 
     path: Path
-    info: fmt.AdapterInfo
+    info: adapter_files.AdapterInfo
     steps_trained: int
     reused_cache: bool
     seconds: float
@@ -71,7 +71,7 @@ def cache_key(spec: TrainSpec, base_content: str, training_set: TrainingSet, dev
         training_set.data_sha256,
         training_set.key,
         canonical_json(hyper),
-        fmt.created_with(),
+        adapter_files.created_with(),
     )
 
 
@@ -111,12 +111,12 @@ def _clear_stale_temps(directory: Path, name: str) -> None:
             stale.unlink()
 
 
-def _readable(path: Path) -> fmt.AdapterInfo | None:
+def _readable(path: Path) -> adapter_files.AdapterInfo | None:
     """The cached adapter at *path*, or None when there is none or it cannot be read."""
     return _read_cached(path)[0]
 
 
-def _read_cached(path: Path) -> tuple[fmt.AdapterInfo | None, str | None]:
+def _read_cached(path: Path) -> tuple[adapter_files.AdapterInfo | None, str | None]:
     """(the cached adapter, None), (None, None) when absent, or (None, what is wrong with it).
 
     The file is our own cache entry, so whatever stops it from being read (a truncated
@@ -126,7 +126,7 @@ def _read_cached(path: Path) -> tuple[fmt.AdapterInfo | None, str | None]:
     if not path.is_file():
         return None, None
     try:
-        return fmt.read_adapter(path), None
+        return adapter_files.read_adapter(path), None
     except Exception as exc:  # any failure to read our own cache entry is damage
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"the cached adapter cannot be read ({first[:200]})"
@@ -166,11 +166,11 @@ def train(
     base_fp = fingerprint(base_dir)
     device = pick_device(spec.device)
     key = cache_key(spec, weights_hash(base_dir), training_set, device)
-    cached = adapter_cache_dir(key) / f"{spec.name}{fmt.SUFFIX}"
+    cached = adapter_cache_dir(key) / f"{spec.name}{adapter_files.SUFFIX}"
 
     def finish(steps: int, loss: float | None, reused: bool) -> TrainResult:
         path = _publish(cached, Path(out_dir) if out_dir is not None else None)
-        return TrainResult(path=path, info=fmt.read_adapter(path), steps_trained=steps,
+        return TrainResult(path=path, info=adapter_files.read_adapter(path), steps_trained=steps,
                            reused_cache=reused, seconds=time.perf_counter() - started,
                            final_loss=loss, cache_path=cached, key=key)
 
@@ -190,7 +190,7 @@ def train(
         # Write and canonicalize beside the cache entry, then rename: a reader never sees
         # the file before its bytes are final.
         staging = cached.parent / _STAGING / cached.name
-        fmt.save_adapter_file(
+        adapter_files.save_adapter_file(
             staging, trained.tensors, trained.config,
             scene=spec.scene, role=spec.role, base_model=spec.base, base_fingerprint=base_fp,
             train_data_sha256=training_set.data_sha256,
@@ -207,7 +207,7 @@ def train(
     return finish(trained.steps, trained.final_loss, False)
 
 
-def _recorded_loss(info: fmt.AdapterInfo) -> float | None:
+def _recorded_loss(info: adapter_files.AdapterInfo) -> float | None:
     try:
         return float(info.metadata["train_final_loss"])
     except (KeyError, ValueError):
