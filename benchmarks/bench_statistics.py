@@ -116,8 +116,10 @@ def _wilson(x: np.ndarray) -> tuple[float, float]:
     return wilson_ci(int(x.sum()), x.size, confidence=CONFIDENCE)
 
 
-def simulate_single(runs: int, seed: int, *, budget: int = BUDGET, grid: int = 500) -> list[Row]:
-    """fixed@24, fixed@budget and sequential on success and score streams."""
+def simulate_single(runs: int, seed: int, *, budget: int = BUDGET, grid: int = 500,
+                    with_cs: bool = True) -> list[Row]:
+    """fixed@24, fixed@budget and sequential (and the confidence sequences, unless not
+    *with_cs*) on success and score streams."""
     rows: list[Row] = []
     kinds: list[tuple[str, float, list[tuple[str, float]], Callable, Callable, tuple[float, float]]] = [
         ("rate", RATE_THRESHOLD,
@@ -155,8 +157,10 @@ def simulate_single(runs: int, seed: int, *, budget: int = BUDGET, grid: int = 5
                         return wilson_ci(int(x.sum()), x.size, confidence=confidence)
                     return bootstrap_ci(x, confidence=confidence, resamples=RESAMPLES, seed=run)
 
-                for rule, extra in (("sequential", {"interval_at": at}),
-                                    ("sequential cs", {"bounded": interval is not None})):
+                rules = [("sequential", {"interval_at": at})]
+                if with_cs:
+                    rules.append(("sequential cs", {"bounded": interval is not None}))
+                for rule, extra in rules:
                     seq = sequential_decision(stream, threshold, first=FIRST, batch=BATCH, budget=budget,
                                               fixed_interval=fixed, confidence=CONFIDENCE,
                                               lower=lower, upper=upper, grid=grid, **extra)
@@ -164,8 +168,9 @@ def simulate_single(runs: int, seed: int, *, budget: int = BUDGET, grid: int = 5
                     out[rule][1].append(_is_wrong(seq.status, mean, threshold))
                     out[rule][2].append(seq.n)
             for rule, (statuses, wrong, samples) in out.items():
-                rows.append(_tally(f"{rule} {kind}", label, statuses, wrong, samples,
-                                   shipped=rule != "sequential cs"))
+                if statuses:
+                    rows.append(_tally(f"{rule} {kind}", label, statuses, wrong, samples,
+                                       shipped=rule != "sequential cs"))
     return rows
 
 

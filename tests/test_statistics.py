@@ -341,7 +341,7 @@ def test_every_shipped_rule_holds_its_level_in_a_small_simulation() -> None:
     than the first look alone."""
     bench = _bench()
     runs = 80
-    rows = (bench.simulate_single(runs, seed=1, budget=96, grid=200)
+    rows = (bench.simulate_single(runs, seed=1, budget=96, with_cs=False)
             + bench.simulate_clustered(runs, seed=1)
             + bench.simulate_multiplicity(runs, seed=1)
             + bench.simulate_paired(runs, seed=1))
