@@ -368,3 +368,34 @@ def test_asymptotic_sequence_begins_at_start_and_covers() -> None:
     misses = sum(bool(np.any((lo > 0) | (hi < 0)))
                  for lo, hi in (asymptotic_cs_path(rng.normal(0, 1, 200), start=24) for _ in range(200)))
     assert misses / 200 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 200)
+
+
+# ------------------------------------------------------------ verdicts with clusters
+
+
+def test_decide_with_clusters_judges_on_the_clusters_and_says_how_many() -> None:
+    from pytest_scenelora.scoring.verdict import decide
+
+    scores = np.r_[np.full(4, 0.30), np.full(4, 0.05), np.full(4, 0.28)] + np.tile([0, 0.01, -0.01, 0.0], 3)
+    labels = ["harbour"] * 4 + ["forest"] * 4 + ["winter"] * 4
+    naive = decide("c", "a", scores, 0.1, seed=0)
+    clustered = decide("c", "a", scores, 0.1, seed=0, clusters=labels)
+    assert naive.passed and not clustered.passed  # two good topics and one poor are not "all topics"
+    assert clustered.detail["interval"] == "clustered t" and clustered.detail["clusters"] == 3
+    assert "n=12 in 3 clusters" in clustered.explain()
+    one = decide("c", "a", scores, 0.1, seed=0, clusters=["x"] * 12)
+    assert one.detail["interval"] == "bootstrap" and "share one cluster" in one.explain()
+
+
+def test_decide_can_report_the_clustered_interval_without_deciding_on_it() -> None:
+    from pytest_scenelora.scoring.verdict import decide, rejudge
+
+    success = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    labels = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    v = decide("t", "a", success, 0.3, seed=0, rate=True, clusters=labels, clusters_decide=False)
+    assert v.detail["interval"] == "wilson" and v.passed
+    low, high = v.detail["clustered_ci"]
+    assert low < v.ci_low and high >= v.ci_high
+    assert "in 3 clusters; clustered CI " in v.explain()
+    stricter = rejudge(v, confidence=0.99, seed=0)
+    assert stricter.detail["clustered_ci"][0] <= low and stricter.confidence == 0.99

@@ -256,7 +256,8 @@ def _pooled_verdict(context: CheckContext, adapter: str, register: str, threshol
         worst = minimal.verdict.worst or Sample(index=0, score=minimal.rate, text="",
                                                 context={"scene": minimal.scene.core})
     verdict = decide("unseen_scenes", adapter, samples, threshold, seed=context.seed, rate=True,
-                     texts=texts, contexts=contexts, detail=detail, worst=worst)
+                     texts=texts, contexts=contexts, detail=detail, worst=worst,
+                     clusters=[c["scene"] for c in contexts], clusters_decide=False)
     if failure is not None and verdict.passed:
         # pooled rate clears the bar but one scene confidently does not: the property failed
         from dataclasses import replace
