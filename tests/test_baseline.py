@@ -168,3 +168,26 @@ def test_a_malformed_baseline_is_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(ResultsFileError, match=r"baseline\.json: the baseline is not valid JSON"):
         update_baseline(path, document(rec(PROMPT_EFFECT)))
     assert path.read_text() == "{oops"
+
+
+def with_sequential(record: dict, samples_per_prompt: int, confidence: float = 0.95) -> dict:
+    record["verdict"]["detail"]["sequential"] = {"samples": samples_per_prompt, "confidence": confidence}
+    record["verdict"]["confidence"] = 0.983 if confidence == 0.95 else confidence
+    return record
+
+
+def test_a_sequential_run_pairs_the_samples_both_runs_drew() -> None:
+    """A candidate that sampled on to 48 per topic against a baseline of 24: each topic's
+    first 24 pair with the baseline's, and the gate states the suite's 95%, not the look's."""
+    topic_a = np.r_[np.ones(20), np.zeros(4)]
+    topic_b = np.r_[np.ones(22), np.zeros(2)]
+    base = with_sequential(rec(np.r_[topic_a, topic_b], rate=True), 24)
+    lost_a = topic_a.copy()
+    lost_a[:8] = 0  # eight pairs of topic a lost, none gained
+    extra = np.ones(24)  # the samples only the candidate drew, which pair with nothing
+    cand = with_sequential(rec(np.r_[lost_a, extra, topic_b, extra], rate=True), 48)
+    c = compare_record(base, cand)
+    assert c.test == "mcnemar" and (c.lost, c.gained) == (8, 0) and c.paired
+    assert c.confidence == 0.95 and c.change is Change.REGRESSED
+    unknown = rec(np.r_[lost_a, extra, topic_b, extra], rate=True)  # no sequential record: unpaired
+    assert not compare_record(base, unknown).paired

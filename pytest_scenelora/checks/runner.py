@@ -287,9 +287,10 @@ class SuiteRunner:
             stop = "decided" if verdict.status is not Status.INCONCLUSIVE else "budget"
             return replace(verdict, detail={**verdict.detail, "sequential": {
                 "samples": first, "first": first, "max_samples": max(budget, first), "looks": 1,
-                "stop": stop, "confidence_per_look": verdict.confidence}})
+                "stop": stop, "confidence": verdict.confidence, "confidence_per_look": verdict.confidence}})
         points = looks(first, first, budget)
-        each = spending_confidence(verdict.confidence, len(points))
+        stated = verdict.confidence
+        each = spending_confidence(stated, len(points))
         stop = "budget"
         for n in points[1:]:
             more = replace(spec, params={**spec.params, "samples": n})
@@ -300,7 +301,7 @@ class SuiteRunner:
         p_value = verdict.detail.get("p_value")
         detail = {**verdict.detail, "sequential": {
             "samples": n, "first": first, "max_samples": budget, "looks": points.index(n) + 1,
-            "stop": stop, "confidence_per_look": each}}
+            "stop": stop, "confidence": stated, "confidence_per_look": each}}
         if isinstance(p_value, float):  # what the look's decision means for the run's family
             detail["p_value"] = min(1.0, p_value * (len(points) - 1))
         return replace(verdict, detail=detail)

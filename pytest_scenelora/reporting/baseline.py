@@ -273,7 +273,7 @@ def compare_record(
     common = {"id": some["id"], "name": some.get("name") or verdict["check"],
               "adapter": some.get("adapter") or verdict["subject"], "tolerance": tolerance,
               "higher_is_better": bool(verdict["higher_is_better"]),
-              "confidence": float(verdict.get("confidence", 0.95)), "baseline_date": baseline_date}
+              "confidence": _stated_confidence(verdict), "baseline_date": baseline_date}
     if baseline is None or candidate is None:
         return Comparison(change=Change.NEW if baseline is None else Change.MISSING,
                           baseline_score=None if baseline is None else _score(baseline["verdict"]),
@@ -285,7 +285,10 @@ def compare_record(
     hib = common["higher_is_better"]
     confidence = common["confidence"]
     exact = "max" in ((old.get("detail") or {}).get("statistic"), (new.get("detail") or {}).get("statistic"))
-    old_samples, new_samples = _samples(old), _samples(new)
+    old_samples, new_samples = _common_samples(old, new)
+    if old_samples.size != _samples(old).size or new_samples.size != _samples(new).size:
+        # sequential sampling drew more on one side: compare what both drew
+        old_score, new_score = float(old_samples.mean()), float(new_samples.mean())
     extra: dict[str, Any] = {"framing": framing.value}
     delta = new_score - old_score
     mcnemar = None
@@ -336,6 +339,35 @@ def compare_record(
             change = Change.UNCHANGED
     return Comparison(change=change, baseline_score=old_score, score=new_score, delta=delta,
                       ci_low=low, ci_high=high, paired=paired, exact=exact, **common, **extra)
+
+
+def _stated_confidence(verdict: Mapping[str, Any]) -> float:
+    """The confidence a verdict states: the suite's, not the stricter one of a sequential
+    check's later look (``detail.sequential.confidence``)."""
+    sequential = (verdict.get("detail") or {}).get("sequential") or {}
+    return float(sequential.get("confidence") or verdict.get("confidence", 0.95))
+
+
+def _common_samples(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Both verdicts' samples, cut to the ones both runs drew when sequential sampling drew
+    more in one of them, so sample *i* still pairs with sample *i*.
+
+    A check lists its samples prompt by prompt (topic by topic, scene by scene), ``samples``
+    of each; with the same number of prompts on both sides, each prompt's first ``k``
+    samples are kept, ``k`` the smaller ``samples`` of the two runs. Anything else is
+    compared as it stands (unpaired when the counts differ).
+    """
+    a, b = _samples(old), _samples(new)
+    if a.size == b.size:
+        return a, b
+    per = [((v.get("detail") or {}).get("sequential") or {}).get("samples") for v in (old, new)]
+    if not all(isinstance(k, int) and k > 0 for k in per):
+        return a, b
+    prompts = [a.size / per[0], b.size / per[1]]
+    if prompts[0] != prompts[1] or not prompts[0].is_integer():
+        return a, b
+    p, k = int(prompts[0]), min(per)
+    return a.reshape(p, per[0])[:, :k].ravel(), b.reshape(p, per[1])[:, :k].ravel()
 
 
 def _is_rate(verdict: Mapping[str, Any], samples: np.ndarray) -> bool:
