@@ -283,27 +283,35 @@ class SuiteRunner:
         if not isinstance(first, int) or verdict.detail.get("interval") not in REJUDGEABLE:
             return verdict
         budget = spec.params.get("max_samples") or SEQUENTIAL_FACTOR * first
-        if verdict.status is not Status.INCONCLUSIVE or budget <= first:
-            stop = "decided" if verdict.status is not Status.INCONCLUSIVE else "budget"
-            return replace(verdict, detail={**verdict.detail, "sequential": {
-                "samples": first, "first": first, "max_samples": max(budget, first), "looks": 1,
-                "stop": stop, "confidence": verdict.confidence, "confidence_per_look": verdict.confidence}})
-        points = looks(first, first, budget)
         stated = verdict.confidence
+        if budget <= first:
+            return replace(verdict, detail={**verdict.detail, "sequential": {
+                "samples": first, "first": first, "max_samples": first, "looks": 1,
+                "stop": "decided" if verdict.status is not Status.INCONCLUSIVE else "budget",
+                "confidence": stated, "confidence_per_look": stated}})
+        points = looks(first, first, budget)
         each = spending_confidence(stated, len(points))
-        stop = "budget"
-        for n in points[1:]:
-            more = replace(spec, params={**spec.params, "samples": n})
-            verdict = rejudge(definition.run(context, more, adapter), confidence=each, seed=self.seed)
-            if verdict.status is not Status.INCONCLUSIVE:
-                stop = "decided"
-                break
-        p_value = verdict.detail.get("p_value")
+        first_p = verdict.detail.get("p_value")
+        n, stop = first, "decided"
+        later_p = None
+        if verdict.status is Status.INCONCLUSIVE:
+            stop = "budget"
+            for n in points[1:]:
+                more = replace(spec, params={**spec.params, "samples": n})
+                verdict = rejudge(definition.run(context, more, adapter), confidence=each, seed=self.seed)
+                if verdict.status is not Status.INCONCLUSIVE:
+                    stop = "decided"
+                    break
+            later_p = verdict.detail.get("p_value")
         detail = {**verdict.detail, "sequential": {
             "samples": n, "first": first, "max_samples": budget, "looks": points.index(n) + 1,
             "stop": stop, "confidence": stated, "confidence_per_look": each}}
-        if isinstance(p_value, float):  # what the look's decision means for the run's family
-            detail["p_value"] = min(1.0, p_value * (len(points) - 1))
+        if isinstance(first_p, float):
+            # The p-value of the whole procedure, for the run's multiplicity adjustment: it
+            # decides when the first look's p is at most alpha or a later look's at most
+            # alpha / (looks - 1), and either half can err by alpha, hence the factor 2.
+            candidates = [first_p] + ([later_p * (len(points) - 1)] if isinstance(later_p, float) else [])
+            detail["p_value"] = min(1.0, 2 * min(candidates))
         return replace(verdict, detail=detail)
 
     @property
