@@ -143,3 +143,33 @@ def test_bh_from_the_ini_file_keeps_them_and_a_bad_value_is_a_usage_error(pytest
     bad = run(pytester, project, tiny_base_dir, "--scenelora-multiplicity=bonferroni")
     assert bad.ret == 4
     bad.stderr.fnmatch_lines(["*'bonferroni' is not a multiplicity adjustment; use none|holm|bh*"])
+
+
+def test_compare_command_takes_the_non_inferiority_framing(tmp_path: Path, capsys) -> None:
+    from pytest_scenelora.cli.main import main
+    from pytest_scenelora.reporting.results import build_document, write_document
+
+    rng = np.random.default_rng(5)
+    good = rng.normal(0.3, 0.05, 24)
+
+    def document(scores, name: str) -> Path:
+        verdict = decide("scene_holds", "Δ42_poetic", scores, 0.03, seed=0).to_dict()
+        record = {"id": "s.yaml::scene_holds[Δ42_poetic]", "suite": "s.yaml", "line": 3, "name": "scene_holds",
+                  "adapter": "Δ42_poetic", "tolerance": 0.02, "verdict": verdict}
+        path = tmp_path / name
+        write_document(path, build_document([record], settings={"base_model": "tiny", "seed": 0},
+                                            created="2025-06-01T10:00:00Z"))
+        return path
+
+    base = document(good, "base.json")
+    close = document(good + rng.normal(0, 0.002, 24), "close.json")
+    noisy = document(good - 0.01 + rng.normal(0, 0.15, 24), "noisy.json")
+    assert main(["compare", str(base), str(noisy), "--color", "no"]) == 0  # no significant drop
+    capsys.readouterr()
+    assert main(["compare", str(base), str(noisy), "--color", "no", "--regression", "non-inferiority"]) == 1
+    assert "no worse by 0.02: not shown" in capsys.readouterr().out
+    assert main(["compare", str(base), str(close), "--color", "no", "--regression", "non-inferiority"]) == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["compare", str(base), str(close), "--regression", "sideways"])
+    assert exited.value.code == 2
+    assert "'sideways' is not a regression framing; use drop|non-inferiority" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..settings import parse_seed
+from ..settings import parse_regression, parse_seed
 
 
 def _color(choice: str) -> bool:
@@ -58,7 +58,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     baseline = load_document(args.baseline, what="baseline")
     candidate = load_document(args.candidate)
-    comparisons = compare_documents(baseline, candidate, seed=args.seed)
+    comparisons = compare_documents(baseline, candidate, seed=args.seed, framing=args.regression)
     sys.stdout.write(render_comparison(comparisons, color=_color(args.color), width=_width()))
     regressed = [c for c in comparisons if c.change is Change.REGRESSED]
     for c in regressed:
@@ -77,11 +77,16 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
 
     compare = sub.add_parser("compare", help="compare two results files; exit 1 on any regression",
                              description="Compare a candidate results file with a baseline, check by "
-                                         "check (paired bootstrap over per-sample scores, each check's "
+                                         "check (paired over per-sample scores: McNemar's exact test for "
+                                         "success rates, a bootstrap for scores; each check's "
                                          "tolerance); exit 1 when any check regressed, else 0.")
     compare.add_argument("baseline", type=Path, metavar="BASELINE.json")
     compare.add_argument("candidate", type=Path, metavar="CANDIDATE.json")
     compare.add_argument("--seed", type=parse_seed, default=None, metavar="N",
                          help="bootstrap seed (default: the candidate run's seed)")
+    compare.add_argument("--regression", type=parse_regression, default="drop",
+                         metavar="drop|non-inferiority",
+                         help="drop: a significant drop beyond the tolerance regresses (default); "
+                              "non-inferiority: regressed unless shown no worse than the tolerance")
     compare.add_argument("--color", choices=("auto", "yes", "no"), default="auto")
     compare.set_defaults(handler=cmd_compare)
