@@ -340,7 +340,7 @@ def test_every_shipped_rule_holds_its_level_in_a_small_simulation() -> None:
     fewer samples than the fixed design with the same budget while deciding more checks
     than the first look alone."""
     bench = _bench()
-    runs = 80
+    runs = 60
     rows = (bench.simulate_single(runs, seed=1, budget=96, with_cs=False)
             + bench.simulate_clustered(runs, seed=1)
             + bench.simulate_multiplicity(runs, seed=1)

@@ -277,6 +277,7 @@ def check_details(record: Mapping[str, Any]) -> str:
     detail = dict(v.get("detail") or {})
     texts = detail.pop("sample_texts", None) or []
     detail.pop("register_map", None)
+    detail.pop("cluster_labels", None)  # one per sample; the count is in "clusters"
     worst_index = (v.get("worst") or {}).get("index")
     if texts:
         samples = v.get("samples") or []
