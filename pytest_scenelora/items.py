@@ -163,11 +163,11 @@ def add_shipped_suites(session: pytest.Session, items: list[pytest.Item]) -> str
     the product is named for. When adapters were given and nothing at all was collected
     (no path named, no test of the project's own), the shipped suites are collected and
     run; when the project has tests of its own or paths were named, nothing is added and
-    the returned line says how to run them. Returns the line to show (None: a suite was
-    collected, or no adapter was given)."""
+    the returned line says how to run them. Returns the line to show (None: the project
+    has a suite file, even one whose items all skip, or no adapter was given)."""
     config = session.config
     scene_session: SceneSession = config.stash[SESSION_KEY]
-    if not scene_session.settings.adapters or any(isinstance(item, CheckItem) for item in items):
+    if not scene_session.settings.adapters or scene_session.suite_files:
         return None
     from .shipped import suites_dir
     from .suite import is_suite

@@ -156,6 +156,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if is_suite(file_path):
         from .items import SuiteFile
 
+        if SESSION_KEY in parent.config.stash:  # the project has suites of its own
+            parent.config.stash[SESSION_KEY].suite_files += 1
         return SuiteFile.from_parent(parent, path=file_path)
     return None
 

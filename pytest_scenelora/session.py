@@ -34,6 +34,7 @@ class SceneSession:
         self.adapter_names: list[str] = [adapter_files.adapter_name(p) for p in self.adapter_paths]
         self.records: list[dict] = []  # every check item's record for the results document
         self.progress: Callable[[str, int, int], None] | None = None  # a terminal progress bar
+        self.suite_files = 0  # suite files collected from the project (a skipped one counts)
         self.notices: list[str] = []  # lines for the user, e.g. that the shipped suites ran
 
     def add_adapter_paths(self, paths: Iterable[Path]) -> None:
