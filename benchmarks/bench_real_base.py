@@ -37,6 +37,7 @@ RECIPES: dict[str, dict[str, float | int]] = {
     "s30-b8-lr2e-3-r16": {"steps": 30, "batch": 8, "lr": 2e-3, "r": 16},
     "s80-b4-lr1e-3-r8": {"steps": 80, "batch": 4, "lr": 1e-3, "r": 8},
     "s20-b4-lr2e-3-r16": {"steps": 20, "batch": 4, "lr": 2e-3, "r": 16},
+    "s20-b8-lr2e-3-r16": {"steps": 20, "batch": 8, "lr": 2e-3, "r": 16},
 }
 
 
@@ -80,7 +81,8 @@ def suites_run(args: argparse.Namespace, home: Path, adapter: Path, tag: str) ->
         results = args.out / f"{tag}-{phase}.json"
         rc, wall = run([sys.executable, "-m", "pytest", *args.suites, "-p", "no:cacheprovider", "-q",
                         "--base-model", args.base, "--adapter", str(adapter),
-                        "--scenelora-json", str(results)], env_for(home), args.out / f"{tag}-{phase}.log")
+                        "--prompt-format", args.prompt_format, "--scenelora-json", str(results)],
+                       env_for(home), args.out / f"{tag}-{phase}.log")
         out[phase] = {"rc": rc, "wall_s": round(wall, 1),
                       "verdicts": verdicts(results) if results.is_file() else []}
         print(f"  suites {phase}: rc {rc}, {wall:.0f} s", flush=True)
@@ -109,6 +111,8 @@ def main() -> int:
     parser.add_argument("--suites", nargs="+", default=["suites/"])
     parser.add_argument("--sabotage", action="store_true")
     parser.add_argument("--no-suites", action="store_true", help="train only")
+    parser.add_argument("--prompt-format", default="plain", choices=("plain", "chat", "auto"),
+                        help="train and test with prompts through the base's chat template (chat) or not")
     parser.add_argument("--threads", type=int, default=2,
                         help="training threads (1 on a machine whose cores other work is using: "
                              "a fixed team of 2 waits on its descheduled thread at every barrier)")
@@ -117,7 +121,8 @@ def main() -> int:
     shared = args.out / "shared"
     shared.mkdir(exist_ok=True)
     (shared / "bases").mkdir(exist_ok=True)
-    report: dict = {"base": args.base, "role": args.role, "threads": args.threads, "recipes": {}}
+    report: dict = {"base": args.base, "role": args.role, "threads": args.threads,
+                    "prompt_format": args.prompt_format, "recipes": {}}
 
     rc, wall = run([sys.executable, "-m", "pytest_scenelora.cli", "base", "path", args.base],
                    env_for(shared), args.out / "convert.log")
@@ -129,26 +134,27 @@ def main() -> int:
     first_adapter = None
     for name in [n for n in args.recipes.split(",") if n]:
         recipe = RECIPES[name]
-        home = home_for(shared, name)
-        adapters = args.out / "adapters" / name
+        tag = name if args.prompt_format == "plain" else f"{name}-{args.prompt_format}"
+        home = home_for(shared, tag)
+        adapters = args.out / "adapters" / tag
         shutil.rmtree(adapters, ignore_errors=True)
         cmd = [sys.executable, "-m", "pytest_scenelora.cli", "train", "--base-model", args.base,
                "--scene", "Δ42", "--role", args.role, "--out", str(adapters), "--no-cache",
                "--progress", "plain", "--steps", str(recipe["steps"]), "--batch-size", str(recipe["batch"]),
                "--lr", str(recipe["lr"]), "--r", str(recipe["r"]), "--alpha", str(recipe["r"]),
-               "--threads", str(args.threads)]
-        print(f"{name}: training ...", flush=True)
-        rc, wall = run(cmd, env_for(home), args.out / f"{name}-train.log")
-        log = (args.out / f"{name}-train.log").read_text(encoding="utf-8", errors="replace")
+               "--threads", str(args.threads), "--prompt-format", args.prompt_format]
+        print(f"{tag}: training ...", flush=True)
+        rc, wall = run(cmd, env_for(home), args.out / f"{tag}-train.log")
+        log = (args.out / f"{tag}-train.log").read_text(encoding="utf-8", errors="replace")
         losses = [line for line in log.splitlines() if " loss " in line]
         entry: dict = {"recipe": recipe, "train_rc": rc, "train_s": round(wall, 1),
                        "last_progress": losses[-1] if losses else None}
         print(f"  train: rc {rc}, {wall:.0f} s; {entry['last_progress']}", flush=True)
         adapter = adapters / f"Δ42_{args.role}.safetensors"
         if rc == 0 and not args.no_suites:
-            entry["suites"] = suites_run(args, home, adapter, name)
+            entry["suites"] = suites_run(args, home, adapter, tag)
             first_adapter = first_adapter or adapter
-        report["recipes"][name] = entry
+        report["recipes"][tag] = entry
         save(args.out, report)
     if args.sabotage and first_adapter is not None:
         zero = zeroed_copy(first_adapter, args.out)
