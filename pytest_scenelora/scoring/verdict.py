@@ -401,43 +401,15 @@ def decide(
     continuous value per sample) ranks samples whose scores tie, e.g. the margins behind
     0/1 successes; *worst* overrides the choice altogether.
     """
-    arr = np.asarray(samples, dtype=np.float64).ravel()
+    arr = _checked_samples(f"{check}[{subject}]", samples, rate=rate, texts=texts, contexts=contexts,
+                           evidence=evidence, clusters=clusters)
     n = int(arr.size)
-    if n == 0:
-        raise CheckInputError(f"{check}[{subject}]: no samples to judge; generate at least one output")
-    for what, seq in (("texts", texts), ("contexts", contexts), ("evidence", evidence),
-                      ("clusters", clusters)):
-        if seq is not None and len(seq) != n:
-            raise CheckInputError(f"{check}[{subject}]: {len(seq)} {what} for {n} samples")
-    if rate and not np.isin(arr, (0.0, 1.0)).all():
-        raise CheckInputError(f"{check}[{subject}]: a success rate needs samples of 0 or 1")
     info: dict[str, Any] = dict(detail or {})
     if texts is not None:  # every sample's text, by index, for the HTML report's details
         info.setdefault("sample_texts", [None if t is None else str(t) for t in texts])
-    finite = np.isfinite(arr)
-    if not finite.all():
-        score = math.nan
-        low, high = math.nan, math.nan
-        status = Status.FAIL
-        bad = int((~finite).sum())
-        info.setdefault("reason", f"{bad} of {n} samples are not finite numbers (NaN or inf)")
-    else:
-        score = float(arr.mean())
-        groups = None if clusters is None else cluster_count(clusters)
-        if groups is not None:
-            info.setdefault("clusters", groups)
-            info.setdefault("cluster_labels", [str(c) for c in clusters])
-            if groups < 2:
-                info.setdefault("cluster_note", "all samples share one cluster: the interval speaks "
-                                                "for that one, not for others like it")
-        low, high, p_value, kind = _interval(arr, float(threshold), rate=rate,
-                                             clusters=clusters if clusters_decide else None,
-                                             confidence=confidence, resamples=resamples, seed=seed)
-        if not clusters_decide and groups is not None and groups >= 2:
-            info.setdefault("clustered_ci", list(_clustered_only(arr, clusters, confidence, rate=rate)))
-        info.setdefault("interval", kind)
-        info.setdefault("p_value", p_value)
-        status = _judge(low, high, float(threshold), higher_is_better)
+    score, low, high, status = _decision(arr, float(threshold), info, higher_is_better=higher_is_better,
+                                         rate=rate, clusters=clusters, clusters_decide=clusters_decide,
+                                         confidence=confidence, resamples=resamples, seed=seed)
     needed = (_estimate_samples_needed(n, low, high, score, threshold)
               if status is Status.INCONCLUSIVE else None)
     if worst is None:
@@ -459,6 +431,50 @@ def decide(
         detail=info,
         confidence=confidence,
     )
+
+def _checked_samples(where: str, samples: Sequence[float] | np.ndarray, *, rate: bool,
+                     **per_sample: Sequence[Any] | np.ndarray | None) -> np.ndarray:
+    """*samples* as a float array, refused in one line when empty, when a per-sample list
+    (texts, contexts, evidence, clusters) has another length, or when a rate's samples are
+    not all 0 or 1."""
+    arr = np.asarray(samples, dtype=np.float64).ravel()
+    n = int(arr.size)
+    if n == 0:
+        raise CheckInputError(f"{where}: no samples to judge; generate at least one output")
+    for what, seq in per_sample.items():
+        if seq is not None and len(seq) != n:
+            raise CheckInputError(f"{where}: {len(seq)} {what} for {n} samples")
+    if rate and not np.isin(arr, (0.0, 1.0)).all():
+        raise CheckInputError(f"{where}: a success rate needs samples of 0 or 1")
+    return arr
+
+
+def _decision(arr: np.ndarray, threshold: float, info: dict[str, Any], *, higher_is_better: bool,
+              rate: bool, clusters: Sequence[object] | None, clusters_decide: bool, confidence: float,
+              resamples: int, seed: int) -> tuple[float, float, float, Status]:
+    """(score, interval low, interval high, status) of :func:`decide`; what the interval
+    rests on (its kind, p-value, clusters) goes into *info*."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int((~finite).sum())
+        info.setdefault("reason", f"{bad} of {arr.size} samples are not finite numbers (NaN or inf)")
+        return math.nan, math.nan, math.nan, Status.FAIL
+    groups = None if clusters is None else cluster_count(clusters)
+    if groups is not None:
+        info.setdefault("clusters", groups)
+        info.setdefault("cluster_labels", [str(c) for c in clusters])
+        if groups < 2:
+            info.setdefault("cluster_note", "all samples share one cluster: the interval speaks "
+                                            "for that one, not for others like it")
+    low, high, p_value, kind = _interval(arr, threshold, rate=rate,
+                                         clusters=clusters if clusters_decide else None,
+                                         confidence=confidence, resamples=resamples, seed=seed)
+    if not clusters_decide and groups is not None and groups >= 2:
+        info.setdefault("clustered_ci", list(_clustered_only(arr, clusters, confidence, rate=rate)))
+    info.setdefault("interval", kind)
+    info.setdefault("p_value", p_value)
+    return float(arr.mean()), low, high, _judge(low, high, threshold, higher_is_better)
+
 
 
 # ---------------------------------------------------------------------------- rendering
