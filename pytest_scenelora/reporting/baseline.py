@@ -236,6 +236,42 @@ def record_tolerance(*records: Mapping[str, Any] | None) -> float:
             given.append(float(value))
     return min(given, default=0.0)
 
+def _paired_interval(old: Mapping[str, Any], new: Mapping[str, Any], old_samples: np.ndarray,
+                     new_samples: np.ndarray, delta: float, extra: dict[str, Any], *, exact: bool,
+                     confidence: float, seed: int, resamples: int) -> tuple[float, float, bool, Any]:
+    """(low, high, paired, McNemar result or None): the interval of candidate - baseline.
+    Exact scores are their own interval; success rates that pair up get McNemar's exact
+    test and an exact interval of the paired change; other scores the paired bootstrap.
+    The test used and its p-value go into *extra*."""
+    if exact:
+        extra["test"] = "exact"
+        return delta, delta, True, None
+    if _is_rate(old, old_samples) and _is_rate(new, new_samples) and old_samples.size == new_samples.size:
+        mcnemar = paired_rates(old_samples, new_samples, confidence=confidence)
+        extra.update(test="mcnemar", p_value=mcnemar.p_value, lost=mcnemar.b, gained=mcnemar.c)
+        return -mcnemar.high, -mcnemar.low, True, mcnemar  # of candidate - baseline
+    _mean_delta, low, high, paired, p_value = _paired_bootstrap(
+        old_samples, new_samples, seed=seed, confidence=confidence, resamples=resamples)
+    extra.update(test="bootstrap", p_value=p_value)
+    return low, high, paired, None
+
+
+def _significant(delta: float, low: float, high: float, p_value: float | None, mcnemar: Any, *,
+                 hib: bool, confidence: float, family: int) -> tuple[bool, bool]:
+    """(significantly worse, significantly better): by the p-value at the family's
+    Bonferroni level when *family* > 1, by McNemar's p-value for paired rates, else by
+    which side of zero the interval lies."""
+    if family > 1:
+        significant = p_value is not None and p_value <= (1 - confidence) / family
+        went_down = (delta < 0) == hib
+        return significant and went_down, significant and not went_down
+    if mcnemar is not None:
+        significant = mcnemar.p_value <= 1 - confidence and mcnemar.b != mcnemar.c
+        lost_more = (mcnemar.b > mcnemar.c) == hib
+        return significant and lost_more, significant and not lost_more
+    return (high < 0, low > 0) if hib else (low > 0, high < 0)
+
+
 
 def compare_record(
     baseline: Mapping[str, Any] | None,
@@ -291,19 +327,10 @@ def compare_record(
         old_score, new_score = float(old_samples.mean()), float(new_samples.mean())
     extra: dict[str, Any] = {"framing": framing.value}
     delta = new_score - old_score
-    mcnemar = None
-    if exact or old_samples.size == 0 or new_samples.size == 0:
-        low = high = delta
-        paired, exact = True, True
-        extra["test"] = "exact"
-    elif _is_rate(old, old_samples) and _is_rate(new, new_samples) and old_samples.size == new_samples.size:
-        mcnemar = paired_rates(old_samples, new_samples, confidence=confidence)
-        low, high, paired = -mcnemar.high, -mcnemar.low, True  # of candidate - baseline
-        extra.update(test="mcnemar", p_value=mcnemar.p_value, lost=mcnemar.b, gained=mcnemar.c)
-    else:
-        _mean_delta, low, high, paired, p_value = _paired_bootstrap(
-            old_samples, new_samples, seed=seed, confidence=confidence, resamples=resamples)
-        extra.update(test="bootstrap", p_value=p_value)
+    exact = exact or old_samples.size == 0 or new_samples.size == 0
+    low, high, paired, mcnemar = _paired_interval(old, new, old_samples, new_samples, delta, extra,
+                                                  exact=exact, confidence=confidence, seed=seed,
+                                                  resamples=resamples)
     if not math.isfinite(old_score):
         change = Change.UNCHANGED if not math.isfinite(new_score) else Change.IMPROVED
     elif not math.isfinite(new_score):
@@ -311,20 +338,10 @@ def compare_record(
     else:
         worse = -delta if hib else delta
         if family > 1 and not exact:
-            p_value = extra.get("p_value")
-            significant = p_value is not None and p_value <= (1 - confidence) / family
-            went_down = (delta < 0) == hib
-            worse_significant, better_significant = significant and went_down, significant and not went_down
             extra["family"] = family
-        elif mcnemar is not None:
-            significant = mcnemar.p_value <= 1 - confidence
-            lost_more = (mcnemar.b > mcnemar.c) == hib
-            worse_significant = significant and lost_more and mcnemar.b != mcnemar.c
-            better_significant = significant and not lost_more and mcnemar.b != mcnemar.c
-        elif hib:
-            worse_significant, better_significant = high < 0, low > 0
-        else:
-            worse_significant, better_significant = low > 0, high < 0
+        worse_significant, better_significant = _significant(
+            delta, low, high, extra.get("p_value"), mcnemar, hib=hib, confidence=confidence,
+            family=family if not exact else 1)
         worse_bound = worse if exact else (-low if hib else high)
         if framing is Framing.NON_INFERIORITY:
             extra["worse_bound"] = worse_bound
