@@ -637,8 +637,10 @@ def test_training_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(
         lines_view("Δ42_logic loss 1.0000", step, 100)
     lines = log.getvalue().splitlines()
     assert len(lines) == 11  # the first step, then every tenth
-    assert lines[0].startswith("Δ42_logic loss 1.0000: 1/100 ")
-    assert lines[-1].startswith("Δ42_logic loss 1.0000: 100/100 ") and lines[-1].endswith("eta 0s")
+    assert lines[0].startswith("Δ42_logic loss 1.0000: step 1/100 ")
+    assert lines[-1].startswith("Δ42_logic loss 1.0000: step 100/100 ") and lines[-1].endswith("eta 0s")
+    lines_view("Δ42_logic", 100, 100)  # the work saying it is finished adds no line
+    assert len(log.getvalue().splitlines()) == 11
 
     assert isinstance(progress_for("auto", io.StringIO()), LineProgress)  # not a terminal
     assert progress_for("none") is None

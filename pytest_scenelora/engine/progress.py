@@ -80,19 +80,25 @@ class TerminalProgress:
 
 
 class LineProgress:
-    """Log lines: the first unit, about *lines* more for the whole work, and one at least
-    every *every_s* seconds; a *done* lower than the last one starts a new piece of work."""
+    """Log lines, ``Δ42_poetic loss 1.2796: step 2/200 3.1 steps/s eta 63s``: the first
+    *unit*, about *lines* more for the whole work, and one at least every *every_s*
+    seconds. A *done* lower than the last one starts a new piece of work; the same *done*
+    again (the work saying it is finished) adds nothing."""
 
-    def __init__(self, stream: IO[str] | None = None, lines: int = 10, every_s: float = 10.0) -> None:
+    def __init__(self, stream: IO[str] | None = None, lines: int = 10, every_s: float = 10.0,
+                 unit: str = "step") -> None:
         self.stream = stream
         self.lines = lines
         self.every_s = every_s
+        self.unit = unit
         self._done = -1
         self._started = self._last = 0.0
 
     def __call__(self, what: str, done: int, total: int) -> None:
         now = time.monotonic()
-        if done <= self._done or self._done < 0:
+        if done == self._done:
+            return
+        if done < self._done or self._done < 0:
             self._started, self._last = now, now
         self._done = done
         if done <= 0:
@@ -103,7 +109,7 @@ class LineProgress:
         self._last = now
         rate = done / max(now - self._started, 1e-9)
         eta = max(total - done, 0) / rate
-        print(f"{printable(what)}: {done}/{total} {rate:.1f}/s eta {eta:.0f}s",
+        print(f"{printable(what)}: {self.unit} {done}/{total} {rate:.1f} {self.unit}s/s eta {eta:.0f}s",
               file=self.stream or sys.stderr, flush=True)
 
 
