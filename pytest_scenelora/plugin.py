@@ -365,7 +365,8 @@ def train_adapter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
     settings = _session(request).settings
     return AdapterTrainer(base=settings.base_model, device=settings.device, quantize=settings.quantize,
-                          out_dir=tmp_path_factory.mktemp("trained-adapters"))
+                          out_dir=tmp_path_factory.mktemp("trained-adapters"),
+                          prompt_format=settings.prompt_format.value)
 
 
 @pytest.fixture(scope="session")

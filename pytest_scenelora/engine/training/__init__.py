@@ -83,6 +83,7 @@ class AdapterTrainer:
     quantize: Quantization | str = Quantization.NONE
     out_dir: Path | None = None
     progress: Progress | None = None
+    prompt_format: str = "plain"  # the session's --prompt-format: voices trained as they are tested
     results: list[TrainResult] = field(default_factory=list)
 
     def __call__(
@@ -101,7 +102,8 @@ class AdapterTrainer:
         Silent by default (tests run under capture); ``progress=True`` logs plain lines
         to stderr, or pass any :data:`~..progress.Progress`.
         """
-        spec_fields = {"base": self.base, "device": self.device, "quantize": self.quantize, **lora}
+        spec_fields = {"base": self.base, "device": self.device, "quantize": self.quantize,
+                       "prompt_format": self.prompt_format, **lora}
         if steps is not None:
             spec_fields["steps"] = steps
         unknown = set(spec_fields) - set(TrainSpec.__dataclass_fields__)

@@ -14,6 +14,7 @@ from ...errors import TrainingError
 from ...prompts import InputMode
 from .. import adapters as adapter_files
 from ..bases import TINY, Device, Quantization
+from ..chat import PromptFormat
 from .targets import TargetPreset, parse_preset, refuse_embeddings
 
 #: Bump when the training procedure changes in a way that changes the weights; it is
@@ -52,6 +53,20 @@ DEFAULT_MAX_LENGTH = 128
 DEFAULT_THREADS = 2
 
 
+def base_recipe(base: str) -> dict[str, Any]:
+    """Steps, learning rate and batch size a voice trains with on *base* unless told: the
+    tiny base's, a preset's measured recipe (``smollm2-135m``: 30 steps of 8 rows at 2e-3,
+    see ``benchmarks/bench_real_base.py``), or the usual LoRA rate for any other base."""
+    from ..gguf import GGUF_PRESETS
+
+    recipe: dict[str, Any] = {"steps": DEFAULT_STEPS, "batch_size": DEFAULT_BATCH_SIZE,
+                              "lr": TINY_LR if base == TINY else DEFAULT_LR}
+    preset = GGUF_PRESETS.get(str(base))
+    if preset is not None:
+        recipe.update(preset.train_recipe)
+    return recipe
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """One adapter to train: which scene and role, on which data and base, and how.
@@ -74,9 +89,9 @@ class TrainSpec:
     dropout: float = 0.05
     use_rslora: bool = False
     use_dora: bool = False
-    steps: int = DEFAULT_STEPS
-    lr: float | None = None  # TINY_LR on the tiny base, DEFAULT_LR on any other
-    batch_size: int = DEFAULT_BATCH_SIZE
+    steps: int | None = None  # the base's recipe (base_recipe)
+    lr: float | None = None  # the base's recipe: TINY_LR on the tiny base, DEFAULT_LR on most others
+    batch_size: int | None = None  # the base's recipe
     max_length: int = DEFAULT_MAX_LENGTH
     seed: int = 0
     quantize: Quantization = Quantization.NONE
@@ -86,6 +101,7 @@ class TrainSpec:
     scenes: Path | None = None
     topics: Path | None = None
     allow_embedding_training: bool = False
+    prompt_format: PromptFormat = PromptFormat.PLAIN  # plain, chat (the base's template) or auto
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -117,7 +133,8 @@ class TrainSpec:
             if value is not None:
                 put(self, name, Path(value))
         choices: tuple[tuple[str, type[enum.Enum]], ...] = (
-            ("quantize", Quantization), ("device", Device), ("input_mode", InputMode))
+            ("quantize", Quantization), ("device", Device), ("input_mode", InputMode),
+            ("prompt_format", PromptFormat))
         for name, choice in choices:
             value = getattr(self, name)
             if value is None:
@@ -127,8 +144,10 @@ class TrainSpec:
             except ValueError:
                 allowed = ", ".join(m.value for m in choice)
                 raise TrainingError(f"{name}={value!r} is not one of {allowed}") from None
-        if self.lr is None:
-            put(self, "lr", TINY_LR if self.base == TINY else DEFAULT_LR)
+        recipe = base_recipe(self.base)
+        for name in ("steps", "lr", "batch_size"):
+            if getattr(self, name) is None:
+                put(self, name, recipe[name])
         self._check_ranges()
         if not self.allow_embedding_training:
             refuse_embeddings(self.target_modules, "target module")
@@ -172,4 +191,9 @@ class TrainSpec:
         raw["input_mode"] = self.input_mode.value if self.input_mode else None
         raw["target_modules"] = list(self.target_modules)
         raw["modules_to_save"] = list(self.modules_to_save)
+        # plain prompts leave the key as it was before prompt formats existed: cached voices stay valid
+        if self.prompt_format is PromptFormat.PLAIN:
+            raw.pop("prompt_format")
+        else:
+            raw["prompt_format"] = self.prompt_format.value
         return raw

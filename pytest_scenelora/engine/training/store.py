@@ -163,6 +163,7 @@ def train(
     started = time.perf_counter()
     training_set = build_training_set(spec)  # data errors first: they are the cheapest to find
     base_dir = resolve_base(spec.base)
+    spec, training_set = in_prompt_format(spec, training_set, base_dir)
     base_fp = fingerprint(base_dir)
     device = pick_device(spec.device)
     key = cache_key(spec, weights_hash(base_dir), training_set, device)
@@ -199,12 +200,31 @@ def train(
                                                    "examples": len(training_set.pairs),
                                                    "cpu_kernels": cpu_kernels()}),
                    "train_final_loss": f"{trained.final_loss:.6f}",
+                   "prompt_format": spec.prompt_format.value,
                    "train_recipe": str(RECIPE_VERSION)},
         )
         canonicalize_header(staging)
         os.replace(staging, cached)
         _log_build(cached, spec, trained, time.perf_counter() - started)
     return finish(trained.steps, trained.final_loss, False)
+
+
+def in_prompt_format(spec: TrainSpec, training_set: TrainingSet, base_dir: Path
+                     ) -> tuple[TrainSpec, TrainingSet]:
+    """*spec* with ``auto`` resolved against the base, and its training set's prompts in that
+    format: under ``chat`` each prompt goes through the base's chat template, exactly as the
+    checks' prompts will (:mod:`..chat`), so a voice is tested the way it was trained."""
+    from dataclasses import replace
+
+    from ..chat import PromptFormat, prompt_formatter, resolve_prompt_format
+
+    resolved = resolve_prompt_format(spec.prompt_format, base_dir)
+    if resolved is not spec.prompt_format:
+        spec = replace(spec, prompt_format=resolved)
+    if resolved is PromptFormat.CHAT:
+        chat = prompt_formatter(resolved, base_dir)
+        training_set = replace(training_set, pairs=tuple((chat(p), t) for p, t in training_set.pairs))
+    return spec, training_set
 
 
 def _recorded_loss(info: adapter_files.AdapterInfo) -> float | None:
