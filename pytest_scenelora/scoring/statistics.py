@@ -189,16 +189,10 @@ def cluster_bootstrap_ci(
     One cluster says nothing about the spread between clusters: its interval is
     unbounded, as :func:`bootstrap_ci`'s is for one value.
     """
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    if arr.size == 0:
-        raise ValueError("a confidence interval needs at least one value")
-    if len(clusters) != arr.size:
-        raise ValueError(f"{len(clusters)} cluster labels for {arr.size} values")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence {confidence!r} is not between 0 and 1")
-    if not np.all(np.isfinite(arr)):
+    checked = _checked_clusters(values, clusters, confidence)
+    if checked is None:
         return (math.nan, math.nan)
-    groups = _cluster_groups(arr, clusters)
+    arr, groups = checked
     if len(groups) < 2:
         return (-math.inf, math.inf)
     if np.all(arr == arr[0]):
@@ -253,6 +247,23 @@ def _cluster_bootstrap_means(groups: list[np.ndarray], resamples: int, seed: int
         mask = np.arange(width)[None, None, :] < picked_sizes[..., None]
         means[start:stop] = (drawn * mask).sum(axis=(1, 2)) / picked_sizes.sum(axis=1)
     return means
+
+def _checked_clusters(values: Sequence[float] | np.ndarray, clusters: Sequence[object],
+                      confidence: float) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """*values* as an array, and split by their *clusters* label (refused when empty,
+    mislabelled or at a confidence outside 0..1); None when a value is not finite (no
+    interval is computed)."""
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size == 0:
+        raise ValueError("a confidence interval needs at least one value")
+    if len(clusters) != arr.size:
+        raise ValueError(f"{len(clusters)} cluster labels for {arr.size} values")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence {confidence!r} is not between 0 and 1")
+    if not np.all(np.isfinite(arr)):
+        return None
+    return arr, _cluster_groups(arr, clusters)
+
 
 
 def _cluster_groups(arr: np.ndarray, clusters: Sequence[object]) -> list[np.ndarray]:
@@ -321,16 +332,10 @@ def cluster_t_ci(
     the clusters are; a percentile cluster bootstrap does not (it covers about 89% with 6
     clusters; ``benchmarks/bench_statistics.py`` measures both).
     """
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    if arr.size == 0:
-        raise ValueError("a confidence interval needs at least one value")
-    if len(clusters) != arr.size:
-        raise ValueError(f"{len(clusters)} cluster labels for {arr.size} values")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence {confidence!r} is not between 0 and 1")
-    if not np.all(np.isfinite(arr)):
+    checked = _checked_clusters(values, clusters, confidence)
+    if checked is None:
         return (math.nan, math.nan)
-    groups = _cluster_groups(arr, clusters)
+    arr, groups = checked
     g = len(groups)
     if g < 2:
         return (-math.inf, math.inf)
