@@ -169,7 +169,7 @@ def test_every_relative_import_names_a_module_of_the_package() -> None:
 
 
 def test_the_readme_architecture_names_every_module() -> None:
-    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Architecture\n", 1)[1].split("\n## ", 1)[0]
     words = set(re.findall(r"[a-z_]+", section))
     unnamed = sorted(module_name(p) for p in PACKAGE.rglob("*.py")
