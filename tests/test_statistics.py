@@ -387,15 +387,17 @@ def test_decide_with_clusters_judges_on_the_clusters_and_says_how_many() -> None
     assert one.detail["interval"] == "bootstrap" and "share one cluster" in one.explain()
 
 
-def test_decide_can_report_the_clustered_interval_without_deciding_on_it() -> None:
+def test_a_clustered_success_rate_is_judged_with_the_wider_of_wilson_and_the_clustered_interval() -> None:
+    from pytest_scenelora.scoring.statistics import wilson_ci
     from pytest_scenelora.scoring.verdict import decide, rejudge
 
     success = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
     labels = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
-    v = decide("t", "a", success, 0.3, seed=0, rate=True, clusters=labels, clusters_decide=False)
-    assert v.detail["interval"] == "wilson" and v.passed
-    low, high = v.detail["clustered_ci"]
-    assert low < v.ci_low and high >= v.ci_high
-    assert "in 3 clusters; clustered CI " in v.explain()
+    v = decide("t", "a", success, 0.3, seed=0, rate=True, clusters=labels)
+    wilson_low, _ = wilson_ci(9, 12, confidence=0.95)
+    assert v.detail["interval"] == "wilson+clustered t" and v.detail["clusters"] == 3
+    assert v.ci_low < wilson_low and not v.passed  # one poor topic of three: not decided
+    assert "n=12 in 3 clusters" in v.explain()
     stricter = rejudge(v, confidence=0.99, seed=0)
-    assert stricter.detail["clustered_ci"][0] <= low and stricter.confidence == 0.99
+    assert stricter.detail["interval"] == "wilson+clustered t" and stricter.ci_low <= v.ci_low
+    assert decide("t", "a", success, 0.3, seed=0, rate=True).passed  # unclustered, it would pass

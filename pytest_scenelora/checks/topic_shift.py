@@ -133,7 +133,7 @@ def style_survives_topic_shift(
     return decide("style_survives_topic_shift", subject, success, threshold, higher_is_better=True,
                   seed=seed, rate=True, confidence=confidence, detail=detail, worst=worst,
                   texts=texts if texts_by_topic is not None else None,
-                  clusters=topic_of, clusters_decide=False)
+                  clusters=topic_of)
 
 
 def topic_vecs(context: CheckContext, topic: str) -> Any:

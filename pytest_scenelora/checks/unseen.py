@@ -257,7 +257,7 @@ def _pooled_verdict(context: CheckContext, adapter: str, register: str, threshol
                                                 context={"scene": minimal.scene.core})
     verdict = decide("unseen_scenes", adapter, samples, threshold, seed=context.seed, rate=True,
                      texts=texts, contexts=contexts, detail=detail, worst=worst,
-                     clusters=[c["scene"] for c in contexts], clusters_decide=False)
+                     clusters=[c["scene"] for c in contexts])
     if failure is not None and verdict.passed:
         # pooled rate clears the bar but one scene confidently does not: the property failed
         from dataclasses import replace

@@ -156,9 +156,6 @@ class Verdict:
             clusters = self.detail.get("clusters")
             if isinstance(clusters, int):
                 evidence += f" in {clusters} cluster{'s' if clusters != 1 else ''}"
-            shown = self.detail.get("clustered_ci")
-            if isinstance(shown, list | tuple) and len(shown) == 2:
-                evidence += f"; clustered CI {fmt_number(shown[0])}..{fmt_number(shown[1])}"
         lines = [f"{self.name}: {self.status.value.upper()}  score {fmt_number(self.score)} ({evidence}), "
                  f"needs {op} {fmt_number(self.threshold)}"]
         reason = self.detail.get("reason")
@@ -300,14 +297,6 @@ def _interval(arr: np.ndarray, threshold: float, *, rate: bool, clusters: Sequen
     return low, high, bootstrap_pvalue(arr, threshold, resamples=resamples, seed=seed), "bootstrap"
 
 
-def _clustered_only(arr: np.ndarray, clusters: Sequence[object], confidence: float, *,
-                    rate: bool) -> tuple[float, float]:
-    """The interval :func:`decide` would judge with, given the clusters."""
-    low, high, _p, _kind = _interval(arr, 0.5, rate=rate, clusters=clusters, confidence=confidence,
-                                     resamples=0, seed=0)
-    return float(low), float(high)
-
-
 def _judge(low: float, high: float, threshold: float, higher_is_better: bool) -> Status:
     clears, misses = (low >= threshold, high < threshold) if higher_is_better else (
         high <= threshold, low > threshold)
@@ -341,9 +330,6 @@ def rejudge(verdict: Verdict, *, confidence: float, seed: int, resamples: int = 
     needed = (_estimate_samples_needed(verdict.n, low, high, verdict.score, verdict.threshold)
               if status is Status.INCONCLUSIVE else None)
     detail = {**verdict.detail, "p_value": p_value}
-    if "clustered_ci" in detail and labels is not None:
-        detail["clustered_ci"] = list(_clustered_only(arr, list(labels), confidence,
-                                                      rate=kind.startswith("wilson")))
     return replace(verdict, ci_low=low, ci_high=high, status=status, samples_needed=needed, detail=detail,
                    confidence=confidence)
 
@@ -365,7 +351,6 @@ def decide(
     resamples: int = 2000,
     rate: bool = False,
     clusters: Sequence[object] | None = None,
-    clusters_decide: bool = True,
 ) -> Verdict:
     """Judge per-sample scores against a threshold with a seeded confidence interval.
 
@@ -386,11 +371,6 @@ def decide(
     interval is the unclustered one and ``detail["cluster_note"]`` says it speaks for
     that cluster only.
 
-    ``clusters_decide=False`` keeps the unclustered interval for the decision and reports
-    the clustered one beside it (``detail["clustered_ci"]``, shown by :meth:`Verdict.explain`):
-    for a check whose threshold was set with the unclustered interval, the verdict says
-    what it rests on without moving before the threshold is recalibrated.
-
     ``detail["p_value"]`` is the two-sided p-value of "the mean equals the threshold",
     which is what a run's multiplicity adjustment works on: the one matching the bootstrap
     or clustered interval, and for success rates the exact binomial test's (a little more
@@ -408,7 +388,7 @@ def decide(
     if texts is not None:  # every sample's text, by index, for the HTML report's details
         info.setdefault("sample_texts", [None if t is None else str(t) for t in texts])
     score, low, high, status = _decision(arr, float(threshold), info, higher_is_better=higher_is_better,
-                                         rate=rate, clusters=clusters, clusters_decide=clusters_decide,
+                                         rate=rate, clusters=clusters,
                                          confidence=confidence, resamples=resamples, seed=seed)
     needed = (_estimate_samples_needed(n, low, high, score, threshold)
               if status is Status.INCONCLUSIVE else None)
@@ -450,7 +430,7 @@ def _checked_samples(where: str, samples: Sequence[float] | np.ndarray, *, rate:
 
 
 def _decision(arr: np.ndarray, threshold: float, info: dict[str, Any], *, higher_is_better: bool,
-              rate: bool, clusters: Sequence[object] | None, clusters_decide: bool, confidence: float,
+              rate: bool, clusters: Sequence[object] | None, confidence: float,
               resamples: int, seed: int) -> tuple[float, float, float, Status]:
     """(score, interval low, interval high, status) of :func:`decide`; what the interval
     rests on (its kind, p-value, clusters) goes into *info*."""
@@ -466,11 +446,8 @@ def _decision(arr: np.ndarray, threshold: float, info: dict[str, Any], *, higher
         if groups < 2:
             info.setdefault("cluster_note", "all samples share one cluster: the interval speaks "
                                             "for that one, not for others like it")
-    low, high, p_value, kind = _interval(arr, threshold, rate=rate,
-                                         clusters=clusters if clusters_decide else None,
+    low, high, p_value, kind = _interval(arr, threshold, rate=rate, clusters=clusters,
                                          confidence=confidence, resamples=resamples, seed=seed)
-    if not clusters_decide and groups is not None and groups >= 2:
-        info.setdefault("clustered_ci", list(_clustered_only(arr, clusters, confidence, rate=rate)))
     info.setdefault("interval", kind)
     info.setdefault("p_value", p_value)
     return float(arr.mean()), low, high, _judge(low, high, threshold, higher_is_better)
