@@ -38,6 +38,8 @@ RECIPES: dict[str, dict[str, float | int]] = {
     "s80-b4-lr1e-3-r8": {"steps": 80, "batch": 4, "lr": 1e-3, "r": 8},
     "s20-b4-lr2e-3-r16": {"steps": 20, "batch": 4, "lr": 2e-3, "r": 16},
     "s20-b8-lr2e-3-r16": {"steps": 20, "batch": 8, "lr": 2e-3, "r": 16},
+    "s30-b8-lr4e-3-r16": {"steps": 30, "batch": 8, "lr": 4e-3, "r": 16},
+    "s60-b8-lr2e-3-r16": {"steps": 60, "batch": 8, "lr": 2e-3, "r": 16},
 }
 
 

@@ -271,11 +271,33 @@ def test_training_defaults_follow_the_base() -> None:
     from pytest_scenelora.engine.training.spec import base_recipe
 
     smol = TrainSpec(scene="Δ42", role="poetic", base="smollm2-135m")
-    assert (smol.steps, smol.batch_size, smol.lr) == (30, 8, 2e-3)
+    assert (smol.steps, smol.batch_size, smol.lr) == (30, 8, 4e-3)
+    assert smol.recipe_origin == "preset smollm2-135m's recipe"
     tiny = TrainSpec(scene="Δ42", role="poetic")
     assert (tiny.steps, tiny.batch_size, tiny.lr) == (200, 16, 8e-3)
+    assert tiny.recipe_origin == "the tiny base's defaults"
     other = TrainSpec(scene="Δ42", role="poetic", base="/models/mistral")
     assert (other.steps, other.batch_size, other.lr) == (200, 16, 2e-4)
+    assert other.recipe_origin == "the defaults for any base"
     told = TrainSpec(scene="Δ42", role="poetic", base="smollm2-135m", steps=60, batch_size=4)
-    assert (told.steps, told.batch_size, told.lr) == (60, 4, 2e-3)
-    assert base_recipe("smollm2-135m") == {"steps": 30, "batch_size": 8, "lr": 2e-3}
+    assert (told.steps, told.batch_size, told.lr) == (60, 4, 4e-3)
+    assert told.recipe_origin == "preset smollm2-135m's recipe; given: steps=60, batch_size=4"
+    # the same recipe for every voice: each role's lr, steps and batch were measured to pass at it
+    for role in ("logic", "poetic", "body", "silence"):
+        voice = TrainSpec(scene="Δ42", role=role, base="smollm2-135m")
+        assert (voice.steps, voice.batch_size, voice.lr) == (30, 8, 4e-3)
+    assert base_recipe("smollm2-135m") == {"steps": 30, "batch_size": 8, "lr": 4e-3}
+
+
+def test_the_demo_takes_a_base_and_keeps_its_voices_apart() -> None:
+    from pytest_scenelora.cli.main import _demo_out, build_parser
+
+    args = build_parser().parse_args(["demo"])
+    assert (args.base_model, args.out, args.threads) == ("tiny", None, None)
+    assert _demo_out("tiny") == Path("adapters")
+    args = build_parser().parse_args(["demo", "--base-model", "smollm2-135m", "--threads", "1"])
+    assert (args.base_model, args.threads) == ("smollm2-135m", 1)
+    assert _demo_out("smollm2-135m") == Path("adapters-smollm2-135m")
+    assert _demo_out("/models/SmolLM2 135M.gguf") == Path("adapters-SmolLM2-135M.gguf")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--threads", "0"])

@@ -347,6 +347,8 @@ def test_train_command_writes_metadata_then_reuses_the_cache(home: Path, base: s
     assert info.metadata["base_fingerprint"] == fingerprint(Path(base))
     assert info.metadata["train_data_sha256"] == sha256_file(shipped.training_data_file())
     assert json.loads(info.metadata["train_config"])["steps"] == 6
+    # a folder is "any base": its recipe's lr, and the steps and batch given here
+    assert info.metadata["train_recipe_from"] == "the defaults for any base; given: steps=6, batch_size=4"
     assert (info.rank, info.alpha, info.target_modules) == (16, 16, ["o_proj", "v_proj"])
     assert validate(info, Path(base)).ok
     first_bytes = path.read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from ..engine import adapters as adapter_files
 from ..errors import AdapterFormatError, SceneloraError
 from ..reporting.terminal import plain
-from ..settings import parse_device, parse_quantization
+from ..settings import number_parser, parse_device, parse_quantization
 from ..text import printable
 
 Handler = Callable[[argparse.Namespace], int]
@@ -231,19 +232,37 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction], Any]]:
 # -------------------------------------------------------------------------------- demo
 
 
+_demo_threads = number_parser(int, lambda n: 1 <= n <= 1024, "must be 1 to 1024")
+
+
 def add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser(
-        "demo", help="the main job: build the tiny base, train the Δ42 voices, run the suites",
-        description="Build the tiny base, train (or reuse) the four Δ42 role adapters, run the "
-                    "shipped suites on them with pytest, and show the coherence report.",
+        "demo", help="the main job: build the base, train the Δ42 voices, run the suites",
+        description="Build the base (the tiny one unless --base-model names another), train (or "
+                    "reuse) the four Δ42 role adapters on it with its recipe, run the shipped "
+                    "suites on them with pytest, and show the coherence report.",
     )
-    demo.add_argument("--out", type=Path, default=Path("adapters"), metavar="DIR",
-                      help="where the adapters are written (default: ./adapters)")
+    demo.add_argument("--base-model", default="tiny", metavar="NAME|PATH",
+                      help="the base to train and test on: tiny (default), a preset such as "
+                           "smollm2-135m, a local folder or a .gguf file")
+    demo.add_argument("--out", type=Path, default=None, metavar="DIR",
+                      help="where the adapters are written (default: ./adapters, or "
+                           "./adapters-<base> for a base other than tiny)")
     demo.add_argument("--suites", type=Path, default=None, metavar="DIR",
                       help="suites to run (default: the shipped suites)")
+    demo.add_argument("--threads", type=_demo_threads, default=None, metavar="N",
+                      help="CPU threads while training (default: scenelora train's; 1 on a machine "
+                           "whose cores other work is using)")
     demo.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
                       help="extra pytest arguments, after --")
     demo.set_defaults(handler=cmd_demo)
+
+
+def _demo_out(base_model: str) -> Path:
+    if base_model == "tiny":
+        return Path("adapters")
+    # voices of different bases never share a folder: a pytest run over it would mix them
+    return Path("adapters-" + re.sub(r"[^\w.-]+", "-", Path(base_model).name).strip("-"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -252,18 +271,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import pytest
 
     from .. import shipped
-    from ..engine.tinybase import ensure_tiny_base
     from ..engine.training import progress_for, train_demo_library
 
     console = _console()
     start = time.perf_counter()
-    console.print("[bold]1/3[/] the tiny base", highlight=False)
-    base_dir = ensure_tiny_base(progress=lambda line: console.print(plain(f"  {line}")))
+    out = args.out or _demo_out(args.base_model)
+    console.print("[bold]1/3[/] the base:", plain(args.base_model), highlight=False)
+    if args.base_model == "tiny":
+        from ..engine.tinybase import ensure_tiny_base
+
+        base_dir = ensure_tiny_base(progress=lambda line: console.print(plain(f"  {line}")))
+    else:
+        from ..engine.bases import resolve_base
+
+        base_dir = resolve_base(args.base_model)  # a GGUF preset is converted here, once
     console.print(plain(f"  {base_dir} ({time.perf_counter() - start:.0f} s)"))
     console.print("[bold]2/3[/] the Δ42 voices: logic, poetic, body, silence")
-    for result in train_demo_library(args.out, progress=progress_for("auto")):
+    trained_at = time.perf_counter()
+    settings = {"threads": args.threads} if args.threads else {}
+    for result in train_demo_library(out, base=args.base_model, progress=progress_for("auto"), **settings):
         how = "reused from the cache" if result.reused_cache else f"trained in {result.seconds:.0f} s"
-        console.print(plain(f"  {result.path} ({how})"))
+        recipe = result.metadata.get("train_recipe_from", "")
+        console.print(plain(f"  {result.path} ({how}; {recipe})" if recipe else f"  {result.path} ({how})"))
+    console.print(plain(f"  voices ready in {time.perf_counter() - trained_at:.0f} s"))
     suites = args.suites or shipped.suites_dir()
     console.print("[bold]3/3[/] the suites in", plain(suites))
     extra = [a for a in args.pytest_args if a != "--"]
@@ -271,14 +301,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # the current directory (its addopts, testpaths or "error" warning filters) applies,
     # and pytest's note that this package was imported before it could rewrite asserts
     # (this command imported it) is expected, not news
-    code = int(pytest.main([str(suites), "--adapter", str(args.out), "-p", "no:cacheprovider",
-                            "-c", os.devnull, "--rootdir", str(suites),
+    suites_at = time.perf_counter()
+    code = int(pytest.main([str(suites), "--adapter", str(out), "--base-model", args.base_model,
+                            "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", str(suites),
                             "-W", "ignore::pytest.PytestAssertRewriteWarning", *extra]))
+    timing = (f"in {time.perf_counter() - start:.0f} s (suites "
+              f"{time.perf_counter() - suites_at:.0f} s) on base {args.base_model}")
     if code == pytest.ExitCode.TESTS_FAILED:
         # the demo shows verdicts; gating on them is `pytest suites/ --adapter ...`'s job
-        console.print(f"demo finished in {time.perf_counter() - start:.0f} s: some checks failed "
-                      "(see the coherence report above)")
+        console.print(plain(f"demo finished {timing}: some checks failed or stayed undecided "
+                            "(see the coherence report above)"))
         return 0
+    console.print(plain(f"demo finished {timing}"))
     return code
 
 

@@ -97,14 +97,20 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
     run = parser.add_argument_group("training")
     from ..engine.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_STEPS, DEFAULT_THREADS, TINY_LR
+    from ..engine.training.spec import base_recipe
+
+    smol = base_recipe("smollm2-135m")
 
     run.add_argument("--steps", type=_positive_int, default=None, metavar="N",
-                     help=f"optimizer steps (default {DEFAULT_STEPS}; on smollm2-135m its recipe: 30)")
+                     help=f"optimizer steps (default {DEFAULT_STEPS}; on smollm2-135m its recipe: "
+                          f"{smol['steps']})")
     run.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
-                     help=f"peak learning rate (default {TINY_LR} on the tiny base, 2e-3 on smollm2-135m, "
+                     help=f"peak learning rate (default {TINY_LR} on the tiny base, {smol['lr']} on "
+                          "smollm2-135m, "
                           f"{DEFAULT_LR} on any other)")
     run.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                     help=f"rows per step (default {DEFAULT_BATCH_SIZE}; on smollm2-135m: 8)")
+                     help=f"rows per step (default {DEFAULT_BATCH_SIZE}; on smollm2-135m: "
+                          f"{smol['batch_size']})")
     run.add_argument("--seed", type=parse_seed, default=0, metavar="N")
     run.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, metavar="N",
                      help=f"CPU threads while training (default {DEFAULT_THREADS}; part of the cache "

@@ -19,8 +19,6 @@ from .targets import TargetPreset, parse_preset, refuse_embeddings
 
 #: Bump when the training procedure changes in a way that changes the weights; it is
 #: part of every cache key, so old cached adapters are then retrained, not reused.
-#: Bump when the training procedure changes in a way that changes the weights; it is
-#: part of every cache key, so old cached adapters are then retrained, not reused.
 RECIPE_VERSION = 1
 
 
@@ -55,7 +53,7 @@ DEFAULT_THREADS = 2
 
 def base_recipe(base: str) -> dict[str, Any]:
     """Steps, learning rate and batch size a voice trains with on *base* unless told: the
-    tiny base's, a preset's measured recipe (``smollm2-135m``: 30 steps of 8 rows at 2e-3,
+    tiny base's, a preset's measured recipe (``smollm2-135m``: 30 steps of 8 rows at 4e-3,
     see ``benchmarks/bench_real_base.py``), or the usual LoRA rate for any other base."""
     from ..gguf import GGUF_PRESETS
 
@@ -65,6 +63,24 @@ def base_recipe(base: str) -> dict[str, Any]:
     if preset is not None:
         recipe.update(preset.train_recipe)
     return recipe
+
+
+def recipe_origin(base: str, steps: int, batch_size: int, lr: float) -> str:
+    """Where a voice's steps, batch size and learning rate came from, in words: the base's
+    recipe, and which of them were given instead. Recorded in the adapter's metadata
+    (``train_recipe_from``), so a voice trained otherwise than its base's recipe says so."""
+    from ..gguf import GGUF_PRESETS
+
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr}
+    own = base_recipe(base)
+    told = [k for k in given if given[k] != own[k]]
+    if str(base) in GGUF_PRESETS:
+        source = f"preset {base}'s recipe"
+    else:
+        source = "the tiny base's defaults" if base == TINY else "the defaults for any base"
+    if not told:
+        return source
+    return f"{source}; given: " + ", ".join(f"{k}={given[k]}" for k in told)
 
 
 @dataclass(frozen=True)
@@ -175,6 +191,11 @@ class TrainSpec:
     def name(self) -> str:
         """The adapter's name: ``<scene>_<role>``."""
         return f"{self.scene}_{self.role}"
+
+    @property
+    def recipe_origin(self) -> str:
+        """Where :attr:`steps`, :attr:`batch_size` and :attr:`lr` came from (:func:`recipe_origin`)."""
+        return recipe_origin(self.base, self.steps, self.batch_size, self.lr)
 
     @property
     def data_path(self) -> Path:

@@ -201,7 +201,8 @@ def train(
                                                    "cpu_kernels": cpu_kernels()}),
                    "train_final_loss": f"{trained.final_loss:.6f}",
                    "prompt_format": spec.prompt_format.value,
-                   "train_recipe": str(RECIPE_VERSION)},
+                   "train_recipe": str(RECIPE_VERSION),
+                   "train_recipe_from": spec.recipe_origin},
         )
         canonicalize_header(staging)
         os.replace(staging, cached)
