@@ -177,7 +177,7 @@ SCENE_PARAM = Param(str, None, help="scene id (default: the adapter's scene)")
 KIND = CheckKind(
     name="scene_holds",
     params={
-        "threshold": Param(float, 0.03, -1.0, 1.0, "contrastive margin the mean must clear"),
+        "threshold": Param(float, 0.1, -1.0, 1.0, "contrastive margin the mean must clear"),
         "samples": Param(int, 12, 2, 512, "samples per prompt"),
         "scene": SCENE_PARAM,
     },

@@ -258,11 +258,12 @@ def _pooled_verdict(context: CheckContext, adapter: str, register: str, threshol
     verdict = decide("unseen_scenes", adapter, samples, threshold, seed=context.seed, rate=True,
                      texts=texts, contexts=contexts, detail=detail, worst=worst,
                      clusters=[c["scene"] for c in contexts])
-    if failure is not None and verdict.passed:
-        # pooled rate clears the bar but one scene confidently does not: the property failed
+    if failure is not None and verdict.status is not Status.FAIL:
+        # one scene confidently misses the bar, whatever the pooled interval says: a scene
+        # the voice does not hold is a counterexample to "holds on unseen scenes"
         from dataclasses import replace
 
-        verdict = replace(verdict, status=Status.FAIL)
+        verdict = replace(verdict, status=Status.FAIL, samples_needed=None)
     return verdict
 
 
