@@ -641,3 +641,34 @@ def test_unseen_scenes_pools_each_distinct_scene_once_in_the_order_tried() -> No
     trials = [_Trial(scene, 0.5, verdict, ["x", "y"]) for scene in (a, b, a, a, c)]
     assert [t.scene.core for t in distinct_trials(trials)] == [a.core, b.core, c.core]
     assert distinct_trials(trials)[0] is trials[0]
+
+
+def test_a_confidently_failing_unseen_scene_fails_the_check_even_when_the_pooled_interval_is_undecided() -> None:
+    """Three drawn scenes: one held on every sample, one on 1 of 8 (its own interval below
+    the bar), one on 5 of 8. Pooled over three clusters the interval straddles 0.5; the
+    scene that failed on its own is a counterexample, so the check fails."""
+    from types import SimpleNamespace
+
+    from pytest_scenelora import shipped
+    from pytest_scenelora.checks.unseen import SceneFailed, _pooled_verdict, _Trial
+    from pytest_scenelora.scenes import load_scenes
+    from pytest_scenelora.scoring.verdict import Status, decide
+    from pytest_scenelora.strategies import novel_vocabularies, scene_from_fields
+
+    scene_set = load_scenes(shipped.scenes_file())
+    vocab = novel_vocabularies(scene_set)
+    scenes = [scene_from_fields(scene_set, {name: words[i % len(words)] for name, words in vocab.items()})
+              for i in range(3)]
+    trials = []
+    for scene, held in zip(scenes, (8, 1, 5), strict=True):
+        success = [1.0] * held + [0.0] * (8 - held)
+        trials.append(_Trial(scene, held / 8, decide("unseen_scenes", "Δ42_poetic", success, 0.5, seed=0,
+                                                     rate=True), ["text"] * 8))
+    assert trials[1].verdict.status is Status.FAIL
+    context = SimpleNamespace(seed=0)
+    undecided = _pooled_verdict(context, "Δ42_poetic", "poetic", 0.5, trials, None)
+    assert undecided.status is Status.INCONCLUSIVE and undecided.detail["clusters"] == 3
+    failed = _pooled_verdict(context, "Δ42_poetic", "poetic", 0.5, trials,
+                             SceneFailed("held on 1 of 8", trials[1]))
+    assert failed.status is Status.FAIL and failed.samples_needed is None
+    assert failed.detail["minimal_failing_scene"]["core"] == scenes[1].core
