@@ -1,9 +1,11 @@
 """Thresholds calibrated against negative controls: where each shipped check's threshold may sit.
 
     python benchmarks/bench_calibration.py [--roles poetic,logic,body,silence] [--home DIR] [--out DIR]
+                                           [--base tiny|smollm2-135m|DIR] [--threads N]
 
-On the tiny base (built into ``--home``, or a fresh temporary home) it trains the demo's
-good Δ42 voices and, for each role, negative controls that each lack exactly the property
+On the base (default the tiny one, built into ``--home``, or a fresh temporary home) it
+trains the demo's good Δ42 voices with the base's recipe on ``--threads`` threads (the
+demo's 2 by default) and, for each role, negative controls that each lack exactly the property
 one check tests:
 
 ================  ===========================================================  ==========================
@@ -105,7 +107,7 @@ def rewrite(src: Path, dst: Path, *, metadata: dict[str, str] | None = None, zer
     return dst
 
 
-def build_voices(out: Path, roles: list[str]) -> dict[str, Path]:
+def build_voices(out: Path, roles: list[str], base: str, threads: int) -> dict[str, Path]:
     """Train (or reuse from the home's cache) the good voices and the controls: control -> folder."""
     from pytest_scenelora import shipped
     from pytest_scenelora.engine.bases import load_base
@@ -116,7 +118,7 @@ def build_voices(out: Path, roles: list[str]) -> dict[str, Path]:
     folders = {name: out / "voices" / name for name in ("good", *MUST_FAIL)}
     for role in ROLES:  # every role's good voice: the relabelled controls borrow them
         started = time.perf_counter()
-        train(TrainSpec(scene=SCENE, role=role), folders["good"])
+        train(TrainSpec(scene=SCENE, role=role, base=base, threads=threads), folders["good"])
         print(f"trained good {role} in {time.perf_counter() - started:.0f} s", flush=True)
     for role in roles:
         good = folders["good"] / f"{SCENE}_{role}.safetensors"
@@ -125,13 +127,13 @@ def build_voices(out: Path, roles: list[str]) -> dict[str, Path]:
             started = time.perf_counter()
             # one thread: a control is trained once, and a fixed team of two threads on a
             # machine whose other core is busy waits on itself at every step
-            train(TrainSpec(scene=SCENE, role=role, data=data, threads=1), folders[control])
+            train(TrainSpec(scene=SCENE, role=role, data=data, base=base, threads=1), folders[control])
             print(f"trained {control} {role} in {time.perf_counter() - started:.0f} s", flush=True)
         rewrite(good, folders["inactive"] / good.name, zero_b=True)
         donor = ROLES[(ROLES.index(role) + 1) % len(ROLES)]
         rewrite(folders["good"] / f"{SCENE}_{donor}.safetensors", folders["relabelled"] / good.name,
                 metadata={"role": role})
-        library = AdapterLibrary(load_base("tiny"))
+        library = AdapterLibrary(load_base(base))
         library.add(good)
         library.combine("doubled", {good.stem: 2.0})
         library.merged("doubled").save_pretrained(folders["doubled-merge"] / f"merged-{role}")
@@ -151,14 +153,14 @@ def merge_suites(out: Path, folders: dict[str, Path], roles: list[str]) -> Path:
     return suites
 
 
-def run_suites(name: str, suites: Path, adapters: Path, out: Path, env: dict[str, str]) -> dict:
+def run_suites(name: str, suites: Path, adapters: Path, out: Path, env: dict[str, str], base: str) -> dict:
     """The shipped suites (or *suites*) on the voices in *adapters*, first look only: the JSON."""
     result = out / f"{name}.json"
     ini = out / "pytest.ini"
     ini.write_text("[pytest]\n", encoding="utf-8")
     cmd = [sys.executable, "-m", "pytest", str(suites), "--adapter", str(adapters), "-c", str(ini),
            "--rootdir", str(out), "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
-           "--scenelora-sequential", "off", "--scenelora-json", str(result)]
+           "--scenelora-sequential", "off", "--scenelora-json", str(result), "--base-model", base]
     started = time.perf_counter()
     with open(out / f"{name}.log", "w", encoding="utf-8") as log:
         rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out)
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roles", default="poetic,logic,body,silence")
     parser.add_argument("--home", type=Path, help="SCENELORA_HOME to build the tiny base in (default: fresh)")
     parser.add_argument("--out", type=Path, help="where voices, logs and calibration.json go")
+    parser.add_argument("--base", default="tiny", help="the base: tiny, a preset or a folder")
+    parser.add_argument("--threads", type=int, default=2, help="training threads of the good voices")
     args = parser.parse_args(argv)
     roles = [r for r in args.roles.split(",") if r]
     if unknown := [r for r in roles if r not in ROLES]:
@@ -224,17 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     from pytest_scenelora import shipped
 
     started = time.perf_counter()
-    folders = build_voices(out, roles)
+    folders = build_voices(out, roles, args.base, args.threads)
     rows: list[dict] = []
     for name, folder in folders.items():
         if name != "doubled-merge":
-            rows += rows_of(run_suites(name, shipped.suites_dir(), folder, out, env), name)
-    merged = run_suites("doubled-merge", merge_suites(out, folders, roles), folders["good"], out, env)
+            rows += rows_of(run_suites(name, shipped.suites_dir(), folder, out, env, args.base), name)
+    merged = run_suites("doubled-merge", merge_suites(out, folders, roles), folders["good"], out, env,
+                        args.base)
     rows += rows_of(merged, "doubled-merge")
     table = ranges(rows)
 
-    print(f"\n{len(roles)} roles ({', '.join(roles)}); shipped suites, first look (sequential off); "
-          f"{time.perf_counter() - started:.0f} s in all\n")
+    print(f"\nbase {args.base}; {len(roles)} roles ({', '.join(roles)}); shipped suites, first look "
+          f"(sequential off); {time.perf_counter() - started:.0f} s in all\n")
     print(f"{'check':28s} {'shipped':>8s}  {'good voices reach':>24s}  {'controls reach':>34s}  "
           f"{'a threshold in':>15s}  inside  good pass  controls fail")
     for t in table:
