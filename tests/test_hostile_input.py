@@ -153,7 +153,7 @@ def test_html_escapes_every_name() -> None:
 
 BAD_NUMBERS = {
     "nan_threshold": ("checks:\n  - kind: scene_holds\n    threshold: .nan\n", 3,
-                      "check 'scene_holds' 'threshold' is nan, not a finite number; write e.g. `threshold: 0.03`"),
+                      "check 'scene_holds' 'threshold' is nan, not a finite number; write e.g. `threshold: 0.1`"),
     "nan_tolerance": ("checks:\n  - kind: registers_unpack\n    tolerance: .NaN\n", 3,
                       "check 'registers_unpack' 'tolerance' is nan, not a finite number; "
                       "write e.g. `tolerance: 0.05`"),
@@ -198,7 +198,7 @@ def test_an_alias_chain_is_quoted_as_a_short_excerpt(pytester) -> None:
     out = result.stdout.str()
     [line] = [line for line in out.splitlines() if line.startswith(f"{path}:3:")]
     assert line.startswith(f"{path}:3: check 'scene_holds' 'threshold' must be a number, not [['lol', "), line
-    assert line.endswith("write `threshold: 0.03`") and len(line) < len(str(path)) + 200, line
+    assert line.endswith("write `threshold: 0.1`") and len(line) < len(str(path)) + 200, line
     assert len(out) < 5000
 
 
