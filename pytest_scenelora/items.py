@@ -60,12 +60,32 @@ class SuiteFile(pytest.File):
             world = load_world(suite.scenes, suite.topics, suite.registers)
             check_references(suite, set(world.scenes.scenes), set(world.topics), set(world.registers))
             names = self._adapters(suite, session)
+            self._note_prompt_format(suite, session, names)
         except SceneloraError as exc:
             raise self.CollectError(str(exc)) from None
         for spec in suite.checks:
             for name in names:
                 yield CheckItem.from_parent(self, name=f"{spec.name}[{name}]", suite=suite,
                                             spec=spec, adapter=name)
+
+    def _note_prompt_format(self, suite: Suite, session: SceneSession, names: list[str]) -> None:
+        """A suite with a ``prompt_format:`` of its own says so (when it differs from the
+        run's) and warns about each of its adapters trained in another format; a format the
+        base cannot take is this suite's error, at that line."""
+        if suite.prompt_format is None:
+            return
+        try:
+            used = session.resolve_format(suite.prompt_format)
+            lines = session.prompt_format_mismatches(suite.prompt_format, names,
+                                                     used_by=f"{self.path.name} tests it in",
+                                                     fix="prompt_format:")
+        except SceneloraError as exc:
+            raise SuiteError(suite.path, suite.prompt_format_line, str(exc)) from None
+        notes = [f"scenelora: warning: {line}" for line in lines]
+        if used != session.prompt_format:
+            notes.insert(0, f"scenelora: {self.path.name} uses prompt format {used} (its prompt_format: "
+                            f"{suite.prompt_format}; the run's is {session.prompt_format})")
+        session.notices.extend(n for n in notes if n not in session.notices)
 
     def _adapters(self, suite: Suite, session: SceneSession) -> list[str]:
         if session.adapter_names:
@@ -122,7 +142,7 @@ class CheckItem(pytest.Item):
         record: dict[str, Any] = {
             "id": self.nodeid, "suite": suite, "line": self.spec.line, "name": self.spec.name,
             "kind": self.spec.kind, "adapter": self.adapter, "tolerance": self.spec.params.get("tolerance"),
-            "baseline": None,
+            "prompt_format": session.resolve_format(self.suite.prompt_format), "baseline": None,
         }
         # from the loaded models, or from the files' headers on a warm run that loads none
         runner = session.runner

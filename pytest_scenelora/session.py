@@ -36,6 +36,8 @@ class SceneSession:
         self.progress: Callable[[str, int, int], None] | None = None  # a terminal progress bar
         self.suite_files = 0  # suite files collected from the project (a skipped one counts)
         self.notices: list[str] = []  # lines for the user, e.g. that the shipped suites ran
+        self._resolved_formats: dict[str, str] = {}  # a suite's prompt_format: -> plain|chat
+        self._formatters: dict[str, Callable[[str], str]] = {}  # plain|chat -> its formatter
 
     def add_adapter_paths(self, paths: Iterable[Path]) -> None:
         """Adapters a suite found in its own ``adapter_dir`` (when no --adapter was given)."""
@@ -92,41 +94,69 @@ class SceneSession:
     def prompt_format(self) -> str:
         """``plain`` or ``chat``: ``--prompt-format``, with ``auto`` resolved against the base
         (which it resolves, building or converting it when needed)."""
+        return self.resolve_format(self.settings.prompt_format.value)
+
+    def resolve_format(self, requested: str | None) -> str:
+        """``plain`` or ``chat`` for a suite's ``prompt_format:`` (None: the run's
+        ``--prompt-format``), ``auto`` resolved against the base; one line when the base
+        cannot take it (``chat`` on a base without a template)."""
         from .engine.chat import PromptFormat, resolve_prompt_format
 
-        if self.settings.prompt_format is PromptFormat.PLAIN:
-            return PromptFormat.PLAIN.value
-        from .engine.bases import resolve_base
+        if requested is None:
+            return self.prompt_format
+        if requested == PromptFormat.PLAIN.value:
+            return requested
+        if requested not in self._resolved_formats:
+            from .engine.bases import resolve_base
 
-        base_dir = resolve_base(self.settings.base_model)
-        return resolve_prompt_format(self.settings.prompt_format, base_dir).value
+            base_dir = resolve_base(self.settings.base_model)
+            self._resolved_formats[requested] = resolve_prompt_format(requested, base_dir).value
+        return self._resolved_formats[requested]
 
     @cached_property
     def format_prompt(self) -> Callable[[str], str]:
-        """Plain prompt -> the text the model is given (the chat template applied, or not)."""
+        """Plain prompt -> the text the model is given in the run's prompt format."""
+        return self.formatter(None)
+
+    def formatter(self, requested: str | None) -> Callable[[str], str]:
+        """Plain prompt -> the text the model is given in *requested* (a suite's
+        ``prompt_format:``; None: the run's): the chat template applied, or not."""
         from .engine.chat import PromptFormat, prompt_formatter
 
-        if self.prompt_format == PromptFormat.PLAIN.value:
-            return prompt_formatter(PromptFormat.PLAIN, Path())
-        from .engine.bases import resolve_base
+        resolved = self.resolve_format(requested)
+        if resolved not in self._formatters:
+            base_dir = Path()  # plain needs no base
+            if resolved != PromptFormat.PLAIN.value:
+                from .engine.bases import resolve_base
 
-        return prompt_formatter(self.prompt_format, resolve_base(self.settings.base_model))
+                base_dir = resolve_base(self.settings.base_model)
+            self._formatters[resolved] = prompt_formatter(resolved, base_dir)
+        return self._formatters[resolved]
 
-    def prompt_format_mismatches(self) -> list[str]:
-        """One line per adapter whose metadata says it was trained with another prompt format
-        than this run uses (an adapter without the key was trained on plain prompts)."""
+    def prompt_format_mismatches(
+        self, requested: str | None = None, names: Iterable[str] | None = None, *,
+        used_by: str = "this run uses", fix: str = "--prompt-format",
+    ) -> list[str]:
+        """One line per adapter (of *names*; default all) whose metadata says it was trained
+        with another prompt format than *requested* (a suite's ``prompt_format:``; None: the
+        run's) resolves to; an adapter without the key was trained on plain prompts. *used_by*
+        and *fix* say who tests it in that format and what would test it as it was trained."""
         from .engine.chat import LEGACY_FORMAT
 
+        used = self.resolve_format(requested)
+        chosen = None if names is None else set(names)
         lines = []
         for path in self.adapter_paths:
             try:
                 info = adapter_files.read_adapter(path)
             except (SceneloraError, OSError):  # an unreadable adapter fails its own items, with its message
                 continue
+            if chosen is not None and info.name not in chosen:
+                continue
             trained = info.metadata.get("prompt_format") or LEGACY_FORMAT.value
-            if trained != self.prompt_format:
-                lines.append(f"{info.name} was trained with prompt format {trained}, this run uses "
-                             f"{self.prompt_format} (--prompt-format {trained} tests it as it was trained)")
+            if trained != used:
+                lines.append(f"{info.name} was trained with prompt format {trained}, {used_by} "
+                             f"{used} ({fix} {trained} tests it as it was trained)")
         return lines
 
     @cached_property

@@ -75,6 +75,10 @@ class Suite:
     checks: tuple[CheckSpec, ...]
     adapters_line: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: ``plain``, ``chat`` or ``auto``: how this suite's prompts reach the base; None: the
+    #: run's ``--prompt-format``
+    prompt_format: str | None = None
+    prompt_format_line: int = 0
 
     def selects(self, adapter_name: str) -> bool:
         return fnmatch.fnmatchcase(adapter_name, self.adapters)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .engine.chat import PromptFormat
 from .errors import SceneFileError
 from .specs import CheckSpec, GenerationSpec, Param, Scorer, Suite, SuiteError
 from .yamlfile import LocatedMap, Reader, close_match, excerpt, listing, load_yaml
@@ -110,7 +111,7 @@ def load_suite(path: Path, kinds: Iterable[CheckKind] | None = None) -> Suite:
                           "followed by `  - kind: scene_holds`")
     reader.keys(root, "the suite", ("checks",),
                 ("suite", "scenes", "topics", "registers", "adapters", "adapter_dir", "scorer",
-                 "embedder", "generation"))
+                 "embedder", "generation", "prompt_format"))
 
     def relative(key: str, must_exist: bool = True) -> Path | None:
         if key not in root:
@@ -137,6 +138,7 @@ def load_suite(path: Path, kinds: Iterable[CheckKind] | None = None) -> Suite:
     for spec in checks:
         reader.unique(seen, spec.name, "check name", spec.line)
     scorer = reader.choice(root, "scorer", "the suite", Scorer, Scorer.EMBEDDING)
+    prompt_format = reader.choice(root, "prompt_format", "the suite", PromptFormat, None)
     return Suite(
         path=path,
         title=reader.text(root, "suite", "the suite") if "suite" in root else path.stem,
@@ -150,6 +152,8 @@ def load_suite(path: Path, kinds: Iterable[CheckKind] | None = None) -> Suite:
         generation=generation,
         checks=tuple(checks),
         adapters_line=reader.line_of(root, "adapters") or 0,
+        prompt_format=prompt_format.value if prompt_format is not None else None,
+        prompt_format_line=reader.line_of(root, "prompt_format") or 0,
     )
 
 

@@ -83,16 +83,80 @@ def test_the_header_says_the_format_and_warns_on_an_adapter_trained_otherwise(
     ])
 
 
-def test_check_prompts_go_through_the_template(chat_base: Path) -> None:
+def _suite(folder: Path, name: str, head: str = "") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"{head}adapters: \"Δ42_*\"\nchecks:\n  - kind: adapter_active\n    probes: 2\n"
+                    "    threshold: 0.005\n", encoding="utf-8")
+    return path
+
+
+def test_check_prompts_go_through_the_suites_format_else_the_runs(chat_base: Path, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from pytest_scenelora.checks.context import CheckContext
     from pytest_scenelora.scenes import Topic
+    from pytest_scenelora.session import SceneSession
+    from pytest_scenelora.settings import Settings
+    from pytest_scenelora.suite import load_suite
 
-    session = SimpleNamespace(format_prompt=prompt_formatter("chat", chat_base))
-    context = CheckContext(SimpleNamespace(session=session, BATCH_ROWS=8), suite=None)
     topic = Topic(id="sea", title="The sea", description="the sea at night")
-    assert context.topic_prompt(topic) == "<|turn|>user\nTopic: the sea at night<|end|>\n<|turn|>assistant\n"
+    chat_turn = "<|turn|>user\nTopic: the sea at night<|end|>\n<|turn|>assistant\n"
+
+    def prompt(run_format: str, suite: Path) -> str:
+        session = SceneSession(Settings(base_model=str(chat_base), prompt_format=run_format))
+        context = CheckContext(SimpleNamespace(session=session, BATCH_ROWS=8), suite=load_suite(suite))
+        return context.topic_prompt(topic)
+
+    chat = _suite(tmp_path, "chat", "prompt_format: chat\n")
+    plain = _suite(tmp_path, "plain", "prompt_format: plain\n")
+    neither = _suite(tmp_path, "neither")
+    assert prompt("plain", chat) == chat_turn
+    assert prompt("chat", plain) == "Topic: the sea at night\n"
+    assert (prompt("chat", neither), prompt("plain", neither)) == (chat_turn, "Topic: the sea at night\n")
+
+
+def test_a_suites_prompt_format_is_one_of_three_at_its_line(tmp_path: Path) -> None:
+    from pytest_scenelora.suite import SuiteError, load_suite
+
+    assert load_suite(_suite(tmp_path, "auto", "prompt_format: auto\n")).prompt_format == "auto"
+    assert load_suite(_suite(tmp_path, "unset")).prompt_format is None
+    with pytest.raises(SuiteError) as info:
+        load_suite(_suite(tmp_path, "bad", "suite: x\nprompt_format: jinja\n"))
+    assert str(info.value) == (f"{tmp_path / 'bad.yaml'}:2: the suite 'prompt_format' is 'jinja'; "
+                               "write 'auto' or 'plain' or 'chat'")
+
+
+def test_a_suite_in_chat_format_runs_in_it_says_so_and_warns(pytester: pytest.Pytester, chat_base: Path,
+                                                             make_adapter) -> None:
+    adapter = make_adapter("Δ42_poetic", seed=3)  # trained (as far as its metadata says) on plain prompts
+    _suite(pytester.path, "chat", "prompt_format: auto\n")
+    _suite(pytester.path, "plain")
+    result = pytester.runpytest("--base-model", str(chat_base), "--adapter", str(adapter),
+                                "--scenelora-json", "out.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "scenelora: prompt format plain",
+        "scenelora: chat.yaml uses prompt format chat (its prompt_format: auto; the run's is plain)",
+        "scenelora: warning: Δ42_poetic was trained with prompt format plain, chat.yaml tests it in chat "
+        "(prompt_format: plain tests it as it was trained)",
+    ])
+    results = json.loads((pytester.path / "out.json").read_text())["results"]
+    records = {Path(r["suite"]).name: r for r in results}
+    assert (records["chat.yaml"]["prompt_format"], records["plain.yaml"]["prompt_format"]) == ("chat", "plain")
+    # the same probes asked in another format: another next-token distribution
+    assert records["chat.yaml"]["verdict"]["score"] != records["plain.yaml"]["verdict"]["score"]
+
+
+def test_a_suite_in_chat_format_on_a_base_without_a_template_is_its_error(
+        pytester: pytest.Pytester, tiny_base_dir: Path, make_adapter) -> None:
+    adapter = make_adapter("Δ42_poetic", seed=3)
+    _suite(pytester.path, "chat", "suite: chat\nprompt_format: chat\n")
+    _suite(pytester.path, "plain")
+    result = pytester.runpytest("--base-model", str(tiny_base_dir), "--adapter", str(adapter),
+                                "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)  # a collection error stops the session, as pytest does
+    result.stdout.fnmatch_lines([f"*/chat.yaml:2: prompt_format chat: the base {tiny_base_dir} has no chat "
+                                 "template*use prompt_format plain (or auto)"])
 
 
 def test_a_voice_trained_in_chat_format_records_it_and_is_cached_apart(chat_base: Path, tmp_path: Path,

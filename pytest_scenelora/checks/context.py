@@ -98,11 +98,13 @@ class CheckContext:
         return self.format_prompt(topic_request_prompt(topic))
 
     def format_prompt(self, prompt: str) -> str:
-        """A plain prompt as the base is given it: through its chat template under
-        ``--prompt-format chat``, unchanged otherwise."""
-        session = getattr(self._engine, "session", None)
-        formatter = getattr(session, "format_prompt", None)
-        return formatter(prompt) if callable(formatter) else prompt
+        """A plain prompt as the base is given it in the suite's ``prompt_format:`` (else the
+        run's ``--prompt-format``): through the base's chat template for chat, unchanged
+        for plain."""
+        formatter = getattr(getattr(self._engine, "session", None), "formatter", None)
+        if not callable(formatter):  # an engine without a session: plain prompts
+            return prompt
+        return formatter(getattr(self.suite, "prompt_format", None))(prompt)
 
     # --------------------------------------------------------- samples and vectors
     def texts(self, requests: Sequence[Request]) -> list[list[str]]:
