@@ -22,6 +22,9 @@ Rules:
                  few looks, so not what checks use
   naive/cluster  clustered scores judged as if independent (bootstrap), or with the
                  cluster-robust t interval (``cluster_t_ci``) or the cluster bootstrap
+  unseen grows   unseen_scenes' pooled rate over scenes with rates of their own, undecided
+                 at 7 scenes of 8 samples: growing the scenes (5 more a look, what the
+                 check does) or each scene's samples (8 more a look, not shipped)
   none/holm/bh   a family of 20 checks, all exactly on their thresholds: any decision is
                  counted as an error (the strict null); and 10 null + 10 far, for the FDR
   mcnemar/paired-bootstrap/non-inferiority   the regression gate on paired runs
@@ -205,6 +208,52 @@ def simulate_clustered(runs: int, seed: int, *, clusters: int = 6, per: int = 4)
     return rows
 
 
+def simulate_grown_clusters(runs: int, seed: int, *, scenes: int = 7, per: int = 8, batch: int = 5,
+                            factor: int = 4, threshold: float = 0.5, spread: float = 4.0) -> list[Row]:
+    """unseen_scenes' sequential sampling: a pooled success rate over scenes, each scene with
+    its own true rate (Beta with the truth's mean and concentration *spread*), judged the
+    way the check judges it (``decide`` with the scenes as clusters: the wider of Wilson and
+    the cluster-robust t; later looks ``rejudge``d at the spent confidence). An undecided
+    first look (*scenes* of *per* samples, as the shipped suite: 2 listed + 5 drawn) grows
+    either the samples of each scene (*per* more each look) or the scenes (*batch* more,
+    as Hypothesis's ``examples``), up to *factor* times the first look's samples or scenes
+    grown. The counterexample rule (one scene confidently below) is left out: this is the
+    pooled rule alone."""
+    from pytest_scenelora.scoring.sequential import looks, spending_confidence
+    from pytest_scenelora.scoring.verdict import Status, decide, rejudge
+
+    growths = {"samples per scene": looks(per, per, factor * per),
+               "scenes": [scenes - batch + k for k in looks(batch, batch, factor * batch)]}
+    rows: list[Row] = []
+    truths = (("on threshold", threshold), ("near above", threshold + 0.12),
+              ("near below", threshold - 0.12), ("far above", threshold + 0.3))
+    for t_index, (label, mean) in enumerate(truths):
+        for g_index, (rule, points) in enumerate(growths.items()):
+            rng = np.random.default_rng([seed, 77, t_index, g_index])
+            each = spending_confidence(CONFIDENCE, len(points))
+            statuses, wrong, drawn = [], [], []
+            for run in range(runs):
+                most = points[-1] if rule == "scenes" else scenes
+                rates = rng.beta(mean * spread, (1 - mean) * spread, most)
+                longest = points[-1] if rule == "samples per scene" else per
+                hits = rng.random((most, longest)) < rates[:, None]
+                for look, point in enumerate(points):
+                    k, m = (scenes, point) if rule == "samples per scene" else (point, per)
+                    x = hits[:k, :m].astype(float).ravel()
+                    verdict = decide("unseen_scenes", "sim", x, threshold, seed=run, rate=True,
+                                     clusters=np.repeat(np.arange(k), m).tolist())
+                    if look:
+                        verdict = rejudge(verdict, confidence=each, seed=run)
+                    if verdict.status is not Status.INCONCLUSIVE:
+                        break
+                statuses.append(verdict.status.value)
+                wrong.append(_is_wrong(verdict.status.value, mean, threshold))
+                drawn.append(x.size)
+            rows.append(_tally(f"unseen grows {rule}", label, statuses, wrong, drawn,
+                               shipped=rule == "scenes"))
+    return rows
+
+
 def simulate_multiplicity(runs: int, seed: int, *, family: int = 20) -> list[Row]:
     """A family of success-rate checks at 24 samples each. All on their thresholds: any
     decision counts as an error (family-wise error). Half on, half far above: the share
@@ -270,7 +319,8 @@ def simulate_paired(runs: int, seed: int, *, n: int = 48, tolerance: float = 0.0
 
 def simulate(runs: int, seed: int = 0, *, budget: int = BUDGET, grid: int = 500) -> list[Row]:
     return (simulate_single(runs, seed, budget=budget, grid=grid) + simulate_clustered(runs, seed)
-            + simulate_multiplicity(runs, seed) + simulate_paired(runs, seed))
+            + simulate_grown_clusters(runs, seed) + simulate_multiplicity(runs, seed)
+            + simulate_paired(runs, seed))
 
 
 def worst_coverage(rows: list[Row]) -> float:

@@ -191,3 +191,33 @@ def test_a_sequential_run_pairs_the_samples_both_runs_drew() -> None:
     assert c.confidence == 0.95 and c.change is Change.REGRESSED
     unknown = rec(np.r_[lost_a, extra, topic_b, extra], rate=True)  # no sequential record: unpaired
     assert not compare_record(base, unknown).paired
+
+
+def test_a_check_that_drew_more_scenes_pairs_the_scenes_both_runs_tried() -> None:
+    """unseen_scenes grows its scenes, not its samples per scene: a run that drew five
+    scenes pairs with a baseline of three on the three they share, sample for sample."""
+
+    def scenes_rec(rows: list[list[float]], cores: list[str]) -> dict:
+        record = rec(np.concatenate(rows), name="unseen_scenes", rate=True)
+        detail = record["verdict"]["detail"]
+        detail["per_scene"] = [{"scene": c, "rate": float(np.mean(r))} for c, r in zip(cores, rows, strict=True)]
+        detail["sequential"] = {"samples": 8, "grows": "examples", "examples": len(rows)}
+        return record
+
+    held = [1.0] * 8
+    base = scenes_rec([held, held, held], ["a", "b", "c"])
+    grown = scenes_rec([held, held, [0.0] * 8, held, held], ["a", "b", "c", "d", "e"])
+    c = compare_record(base, grown)
+    assert c.paired and c.test == "mcnemar" and (c.lost, c.gained) == (8, 0)  # scene c, pair by pair
+    assert c.change is Change.REGRESSED
+    reordered = scenes_rec([held, [0.0] * 8, held, held, held], ["d", "c", "b", "a", "e"])
+    c = compare_record(base, reordered)  # another order of draws: paired by scene, not by position
+    assert c.paired and (c.lost, c.gained) == (8, 0)
+    other = scenes_rec([held, held, [0.0] * 8, held, held], ["a", "x", "c2", "d", "e"])
+    shared_a = compare_record(base, other)  # only scene a is shared: 8 pairs, none lost
+    assert shared_a.paired and (shared_a.lost, shared_a.gained) == (0, 0)
+    lying = scenes_rec([held, held, held], ["a", "b", "c"])
+    lying["verdict"]["detail"]["per_scene"] += [{"scene": "d"}, {"scene": "e"}]  # more than its samples
+    assert not compare_record(lying, grown).paired
+    twice = scenes_rec([held, held, [0.0] * 8, held, held], ["a", "b", "c", "a", "e"])
+    assert not compare_record(base, twice).paired

@@ -91,3 +91,65 @@ def test_off_judges_samples_alone_and_the_budget_stops_it(pytester, project, tin
     budget.assert_outcomes(failed=1)
     budget.stdout.fnmatch_lines(["*sequential: 2 looks, samples 24 up to 48 (max_samples 48), stopped: budget*"])
     assert verdict_of(report)["detail"]["sequential"]["stop"] == "budget"
+
+
+GROWING_CONFTEST = '''
+from pytest_scenelora.checks import CheckKind, Param, Request
+from pytest_scenelora.scoring.verdict import decide
+
+
+def run_prompts(context, spec, adapter):
+    prompts = context.probes(spec["examples"], adapter)
+    texts = context.texts([Request(adapter, p, spec["samples"]) for p in prompts])
+    flat = [t for batch in texts for t in batch]
+    ok = [float((i * 0.6180339887) % 1 < 0.74) for i in range(len(flat))]
+    return decide("prompts", adapter, ok, spec["threshold"], seed=context.seed, rate=True, texts=flat,
+                  detail={"per_scene": [{"scene": p} for p in prompts]})
+
+
+def pytest_scenelora_check_kinds():
+    return [CheckKind(name="prompts", tolerance=0.05, run=run_prompts, grows="examples", params={
+        "samples": Param(int, 6, 1, 64, "samples per prompt"),
+        "examples": Param(int, 4, 1, 32, "prompts"),
+        "threshold": Param(float, 0.59, 0.0, 1.0, "rate to reach"),
+    })]
+'''
+
+
+def test_a_kind_that_grows_its_prompts_draws_more_prompts_not_more_samples(
+        pytester, make_adapter, tiny_base_dir, tmp_path) -> None:
+    """unseen_scenes' way (``grows="examples"``): 4 prompts of 6 samples, then 4 prompts
+    more each look, each still of 6 samples; the same pattern as above decides at 72."""
+    pytester.makeconftest(GROWING_CONFTEST)
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    make_adapter("Δ42_poetic", seed=41, directory=voices)
+    suite = "scorer: char-ngram\ngeneration:\n  max_new_tokens: 4\nchecks:\n  - kind: prompts\n"
+    pytester.makefile(".yaml", suite=suite)
+    report = tmp_path / "grown.json"
+    run(pytester, voices, tiny_base_dir, f"--scenelora-json={report}").assert_outcomes(passed=1)
+    verdict = verdict_of(report)
+    assert verdict["n"] == 72 and len(verdict["detail"]["per_scene"]) == 12  # 12 prompts of 6
+    assert verdict["detail"]["sequential"] == {
+        "samples": 6, "first": 4, "max_samples": 96, "looks": 3, "stop": "decided", "grows": "examples",
+        "examples": 12, "max_examples": 16, "confidence": 0.95,
+        "confidence_per_look": pytest.approx(1 - 0.05 / 3)}
+    pytester.makefile(".yaml", suite=suite + "    max_samples: 48\n    threshold: 0.62\n")
+    budget = run(pytester, voices, tiny_base_dir)
+    budget.assert_outcomes(failed=1)
+    budget.stdout.fnmatch_lines(["*sequential: 2 looks, examples 4 up to 8 (max_examples 8), stopped: budget*"])
+
+
+def test_grows_must_name_an_int_parameter_next_to_samples() -> None:
+    from pytest_scenelora.checks import CheckKind, Param
+    from pytest_scenelora.checks.registry import by_name, shipped_kinds
+
+    def kind(grows: str, **params: Param) -> CheckKind:
+        return CheckKind(name="k", tolerance=0.05, run=lambda *a: None, grows=grows, params=params)
+
+    samples = Param(int, 6, 1, 64, "samples")
+    assert kind("examples", samples=samples, examples=Param(int, 4, 1, 32)).problem() is None
+    for bad in (kind("examples", samples=samples), kind("examples", samples=samples, examples=Param(str, "x")),
+                kind("examples", examples=Param(int, 4, 1, 32))):
+        assert bad.problem() == "check kind 'k': grows='examples' must name an int parameter of a kind that has 'samples'"
+    assert by_name(shipped_kinds())["unseen_scenes"].grows == "examples"  # more scenes, not more of each

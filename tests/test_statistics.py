@@ -359,6 +359,19 @@ def test_every_shipped_rule_holds_its_level_in_a_small_simulation() -> None:
     assert by_name[("none ×20", "all on threshold")].wrong > 0.2
 
 
+def test_unseen_scenes_decides_sooner_growing_scenes_than_samples_per_scene() -> None:
+    """The simulation of unseen_scenes' sequential sampling, with few runs: growing the
+    scenes (what the check does) holds its level and, for a voice well above the bar,
+    decides more often with fewer samples than growing each scene's samples would."""
+    bench = _bench()
+    runs = 40
+    rows = {(r.rule, r.truth): r for r in bench.simulate_grown_clusters(runs, seed=1)}
+    slack = 3 * math.sqrt(0.05 * 0.95 / runs)
+    assert all(r.wrong <= 0.05 + slack for r in rows.values() if r.shipped)
+    scenes, per_scene = rows[("unseen grows scenes", "far above")], rows[("unseen grows samples per scene", "far above")]
+    assert scenes.inconclusive < per_scene.inconclusive and scenes.samples < per_scene.samples
+
+
 def test_asymptotic_sequence_begins_at_start_and_covers() -> None:
     from pytest_scenelora.scoring.sequential import asymptotic_cs_path
 

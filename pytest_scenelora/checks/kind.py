@@ -42,6 +42,11 @@ class CheckKind:
     tolerance: float
     run: Callable[[CheckContext, CheckSpec, str], Verdict]
     help: str = ""
+    #: What sequential sampling raises, look by look, when the check is inconclusive: its
+    #: ``samples`` (per prompt), or another int parameter that adds prompts, such as
+    #: ``unseen_scenes``' ``examples`` (more scenes: a pooled verdict over clusters gains
+    #: more from another cluster than from more samples of the ones it has).
+    grows: str = "samples"
     schema: Mapping[str, Param] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -49,10 +54,11 @@ class CheckKind:
         schema["tolerance"] = Param(float, self.tolerance, 0.0, 100.0,
                                     "largest drop from the baseline that is not a regression")
         if "samples" in schema:
+            grown = "samples" if self.grows == "samples" else f"samples x {self.grows}"
             schema["max_samples"] = Param(int, 0, 0, 100_000,
-                                          "most samples sequential sampling draws when `samples` leaves "
-                                          f"the check inconclusive (0: {SEQUENTIAL_FACTOR} x samples; "
-                                          "at or below samples: no sequential sampling)")
+                                          f"most samples sequential sampling draws when `{self.grows}` "
+                                          f"leaves the check inconclusive (0: {SEQUENTIAL_FACTOR} x "
+                                          f"{grown}; at or below that: no sequential sampling)")
         object.__setattr__(self, "schema", schema)
 
     def problem(self) -> str | None:
@@ -68,6 +74,11 @@ class CheckKind:
                         "str or list")
             if param.kind in (int, float) and (param.low is None or param.high is None):
                 return f"check kind {self.name!r}: number parameter {key!r} needs low and high"
+        if self.grows != "samples" and (self.params.get(self.grows) is None
+                                         or self.params[self.grows].kind is not int
+                                         or "samples" not in self.params):
+            return (f"check kind {self.name!r}: grows={self.grows!r} must name an int parameter of "
+                    "a kind that has 'samples'")
         if not callable(self.run):
             return f"check kind {self.name!r}: run must be callable as run(context, spec, adapter)"
         return None

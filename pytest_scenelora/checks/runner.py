@@ -266,7 +266,8 @@ class SuiteRunner:
     def continue_sampling(self, definition: Any, context: CheckContext, spec: CheckSpec, adapter: str,
                           verdict: Verdict) -> Verdict:
         """Sequential sampling: a check left inconclusive by its ``samples`` runs again with
-        ``samples`` more each time, up to ``max_samples``, until it is decided.
+        ``samples`` more each time (or, for a kind that grows another parameter, such as
+        ``unseen_scenes``' ``examples``, that one), up to ``max_samples``, until it is decided.
 
         Each later look judges all the samples so far with the check's own interval at a
         stricter confidence (:func:`~.scoring.sequential.spending_confidence`), so looking
@@ -279,16 +280,28 @@ class SuiteRunner:
         from ..scoring.verdict import REJUDGEABLE, Status, rejudge
         from .kind import SEQUENTIAL_FACTOR
 
-        first = spec.params.get("samples")
-        if not isinstance(first, int) or verdict.detail.get("interval") not in REJUDGEABLE:
+        grows = getattr(definition, "grows", "samples")
+        first, per = spec.params.get(grows), spec.params.get("samples")
+        if not isinstance(first, int) or not isinstance(per, int) \
+                or verdict.detail.get("interval") not in REJUDGEABLE:
             return verdict
-        budget = spec.params.get("max_samples") or SEQUENTIAL_FACTOR * first
+        unit = 1 if grows == "samples" else per  # the samples one more of *grows* adds
+        max_samples = spec.params.get("max_samples")
+        budget = max_samples // unit if max_samples else SEQUENTIAL_FACTOR * first
         stated = verdict.confidence
+
+        def summary(n: int, last: int, looks_taken: int, stop: str, each: float) -> dict[str, Any]:
+            held = {"samples": n if grows == "samples" else per, "first": first,
+                    "max_samples": last * unit, "looks": looks_taken, "stop": stop,
+                    "confidence": stated, "confidence_per_look": each}
+            if grows != "samples":
+                held.update({"grows": grows, grows: n, f"max_{grows}": last})
+            return held
+
         if budget <= first:
-            return replace(verdict, detail={**verdict.detail, "sequential": {
-                "samples": first, "first": first, "max_samples": first, "looks": 1,
-                "stop": "decided" if verdict.status is not Status.INCONCLUSIVE else "budget",
-                "confidence": stated, "confidence_per_look": stated}})
+            stop = "decided" if verdict.status is not Status.INCONCLUSIVE else "budget"
+            return replace(verdict, detail={**verdict.detail,
+                                            "sequential": summary(first, first, 1, stop, stated)})
         points = looks(first, first, budget)
         each = spending_confidence(stated, len(points))
         first_p = verdict.detail.get("p_value")
@@ -297,15 +310,13 @@ class SuiteRunner:
         if verdict.status is Status.INCONCLUSIVE:
             stop = "budget"
             for n in points[1:]:
-                more = replace(spec, params={**spec.params, "samples": n})
+                more = replace(spec, params={**spec.params, grows: n})
                 verdict = rejudge(definition.run(context, more, adapter), confidence=each, seed=self.seed)
                 if verdict.status is not Status.INCONCLUSIVE:
                     stop = "decided"
                     break
             later_p = verdict.detail.get("p_value")
-        detail = {**verdict.detail, "sequential": {
-            "samples": n, "first": first, "max_samples": budget, "looks": points.index(n) + 1,
-            "stop": stop, "confidence": stated, "confidence_per_look": each}}
+        detail = {**verdict.detail, "sequential": summary(n, budget, points.index(n) + 1, stop, each)}
         if isinstance(first_p, float):
             # The p-value of the whole procedure, for the run's multiplicity adjustment: it
             # decides when the first look's p is at most alpha or a later look's at most

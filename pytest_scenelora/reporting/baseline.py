@@ -371,8 +371,10 @@ def _common_samples(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[np.
 
     A check lists its samples prompt by prompt (topic by topic, scene by scene), ``samples``
     of each; with the same number of prompts on both sides, each prompt's first ``k``
-    samples are kept, ``k`` the smaller ``samples`` of the two runs. Anything else is
-    compared as it stands (unpaired when the counts differ).
+    samples are kept, ``k`` the smaller ``samples`` of the two runs; with the same
+    ``samples`` but more prompts on one side (a check that grows its prompts), the prompts
+    both list in ``per_scene`` are kept, paired by name. Anything else is compared as it stands
+    (unpaired when the counts differ).
     """
     a, b = _samples(old), _samples(new)
     if a.size == b.size:
@@ -381,10 +383,34 @@ def _common_samples(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[np.
     if not all(isinstance(k, int) and k > 0 for k in per):
         return a, b
     prompts = [a.size / per[0], b.size / per[1]]
+    if prompts[0] != prompts[1] and per[0] == per[1] and all(p.is_integer() for p in prompts):
+        # a check that grew its prompts (unseen_scenes draws more scenes): the scenes both
+        # runs tried pair sample for sample, whatever order each run tried them in
+        blocks = _shared_prompts(old, new, [int(p) for p in prompts])
+        if blocks:
+            k = per[0]
+            old_rows = np.concatenate([np.arange(i * k, (i + 1) * k) for i, _ in blocks])
+            new_rows = np.concatenate([np.arange(j * k, (j + 1) * k) for _, j in blocks])
+            return a[old_rows], b[new_rows]
     if prompts[0] != prompts[1] or not prompts[0].is_integer():
         return a, b
     p, k = int(prompts[0]), min(per)
     return a.reshape(p, per[0])[:, :k].ravel(), b.reshape(p, per[1])[:, :k].ravel()
+
+
+def _shared_prompts(old: Mapping[str, Any], new: Mapping[str, Any],
+                    counts: list[int]) -> list[tuple[int, int]]:
+    """The prompts two verdicts both tried, as (index in *old*, index in *new*) in *old*'s
+    order, from the ``per_scene`` list a check that grows its prompts keeps in sample
+    order; empty when either has none, or lists other than its *counts* of prompts."""
+    lists = [(v.get("detail") or {}).get("per_scene") for v in (old, new)]
+    if not all(isinstance(x, list) and len(x) == n for x, n in zip(lists, counts, strict=True)):
+        return []
+    keys = [[x.get("scene") if isinstance(x, Mapping) else None for x in entries] for entries in lists]
+    where = {key: j for j, key in enumerate(keys[1]) if isinstance(key, str)}
+    if len(where) != len(keys[1]):  # a scene listed twice (or unnamed): no way to pair it
+        return []
+    return [(i, where[key]) for i, key in enumerate(keys[0]) if key in where]
 
 
 def _is_rate(verdict: Mapping[str, Any], samples: np.ndarray) -> bool:

@@ -166,8 +166,9 @@ class Verdict:
             lines.append(f"  {note}")
         seq = self.detail.get("sequential")
         if isinstance(seq, Mapping) and seq.get("looks", 1) > 1:
-            lines.append(f"  sequential: {seq.get('looks')} looks, samples {seq.get('first')} up to "
-                         f"{seq.get('samples')} (max_samples {seq.get('max_samples')}), stopped: "
+            grows = str(seq.get("grows") or "samples")
+            lines.append(f"  sequential: {seq.get('looks')} looks, {grows} {seq.get('first')} up to "
+                         f"{seq.get(grows)} (max_{grows} {seq.get(f'max_{grows}')}), stopped: "
                          f"{seq.get('stop')}; each later look at "
                          f"{float(seq.get('confidence_per_look', self.confidence)) * 100:.3g}%")
         if self.worst is not None and self.status is not Status.PASS:
