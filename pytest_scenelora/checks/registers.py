@@ -285,7 +285,7 @@ REGISTER_PARAM = Param(str, None, help="register (default: the adapter's role)")
 KIND = CheckKind(
     name="registers_unpack",
     params={
-        "threshold": Param(float, 0.6, 0.0, 1.0, "share of samples on the scene AND in the register"),
+        "threshold": Param(float, 0.64, 0.0, 1.0, "share of samples on the scene AND in the register"),
         "samples": Param(int, 12, 2, 512, "samples per prompt"),
         "scene": SCENE_PARAM,
         "register": REGISTER_PARAM,
