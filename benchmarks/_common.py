@@ -16,6 +16,20 @@ ROLES = ("logic", "poetic", "body", "silence")
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB, since it was started.
+
+    On Linux, ``VmHWM`` of ``/proc/self/status``: the high-water mark of this program's own
+    memory. ``getrusage``'s ``ru_maxrss`` is not: a child started from a large process
+    (a benchmark that has loaded torch and a base) keeps the parent's peak across
+    ``fork`` and ``exec``, which hid every child's own figure under the parent's.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
