@@ -22,6 +22,10 @@ relabelled        its own register (the next role's good voice, named this     t
                   role)
 parrot            following the prompt (every other scene's and topic's        style_survives_topic_shift,
                   prompt answered with a Δ42 text of its role)                  unseen_scenes
+other-scene       Δ42 itself (a voice of another scene, Δ07, trained the same   scene_holds
+                  way and named Δ42: tests/test_behaviour.py's sabotage)
+collapsing        its register off its scene (Δ42 in its role, every topic in   style_survives_topic_shift
+                  another role's texts: test_behaviour's register collapse)
 doubled-merge     a faithful merge (the voice merged at twice its scale)       merge_equivalence
 ================  ===========================================================  ==========================
 
@@ -60,9 +64,12 @@ MUST_FAIL: dict[str, tuple[str, ...]] = {
     "mixed-register": ("registers_unpack", "style_survives_topic_shift", "unseen_scenes"),
     "relabelled": ("registers_unpack", "style_survives_topic_shift", "unseen_scenes"),
     "parrot": ("style_survives_topic_shift", "unseen_scenes"),
+    "other-scene": ("scene_holds",),
+    "collapsing": ("style_survives_topic_shift",),
     "doubled-merge": ("merge_equivalence",),
 }
-TRAINED = ("no-scene", "mixed-register", "parrot")
+TRAINED = ("no-scene", "mixed-register", "parrot", "collapsing")
+OTHER_SCENE = "Δ07"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -78,6 +85,10 @@ def control_rows(rows: list[dict], control: str, role: str) -> list[dict]:
         return [*others, {**stranger, "scene": SCENE}]
     if control == "mixed-register":
         return [{**r, "role": role} for r in rows]
+    if control == "collapsing":  # on its scene in its role, on every topic in another role's
+        donor = "logic" if role != "logic" else "poetic"
+        delta = [r for r in own if r.get("scene") == SCENE]
+        return delta + [{**r, "role": role} for r in rows if "topic" in r and r["role"] == donor]
     if control == "parrot":
         delta = [r for r in own if r.get("scene") == SCENE]
         others = [r for r in own if r.get("scene") != SCENE]
@@ -129,6 +140,10 @@ def build_voices(out: Path, roles: list[str], base: str, threads: int) -> dict[s
             # machine whose other core is busy waits on itself at every step
             train(TrainSpec(scene=SCENE, role=role, data=data, base=base, threads=1), folders[control])
             print(f"trained {control} {role} in {time.perf_counter() - started:.0f} s", flush=True)
+        started = time.perf_counter()
+        other = train(TrainSpec(scene=OTHER_SCENE, role=role, base=base, threads=1), out / "voices" / "Δ07")
+        rewrite(other.path, folders["other-scene"] / good.name, metadata={"scene": SCENE})
+        print(f"trained other-scene {role} in {time.perf_counter() - started:.0f} s", flush=True)
         rewrite(good, folders["inactive"] / good.name, zero_b=True)
         donor = ROLES[(ROLES.index(role) + 1) % len(ROLES)]
         rewrite(folders["good"] / f"{SCENE}_{donor}.safetensors", folders["relabelled"] / good.name,

@@ -47,6 +47,18 @@ def test_the_parrot_answers_every_prompt_with_a_delta42_text_of_its_role(rows) -
     assert {(r.get("scene"), r.get("topic")) for r in control} == prompts  # same prompts, other answers
 
 
+def test_the_collapsing_control_is_its_role_on_delta42_and_another_role_on_every_topic(rows) -> None:
+    control = calibration.control_rows(rows, "collapsing", "poetic")
+    own = [r for r in control if r.get("scene")]
+    assert own == [r for r in rows if r["role"] == "poetic" and r.get("scene") == "Δ42"]
+    topics = [r for r in control if r.get("topic")]
+    logic = {(r["topic"], r["text"]) for r in rows if r["role"] == "logic" and r.get("topic")}
+    assert {(r["topic"], r["text"]) for r in topics} == logic and {r["role"] for r in topics} == {"poetic"}
+    assert {r["topic"] for r in topics} == {r["topic"] for r in rows if r.get("topic")}  # every topic
+    assert {r["text"] for r in calibration.control_rows(rows, "collapsing", "logic") if r.get("topic")} == \
+        {r["text"] for r in rows if r["role"] == "poetic" and r.get("topic")}
+
+
 def _row(voice: str, check: str, low: float, high: float, *, higher: bool = True,
          threshold: float = 0.5) -> dict:
     return {"voice": voice, "adapter": "Δ42_poetic", "check": check, "score": (low + high) / 2,
