@@ -113,11 +113,6 @@ class SceneSession:
             self._resolved_formats[requested] = resolve_prompt_format(requested, base_dir).value
         return self._resolved_formats[requested]
 
-    @cached_property
-    def format_prompt(self) -> Callable[[str], str]:
-        """Plain prompt -> the text the model is given in the run's prompt format."""
-        return self.formatter(None)
-
     def formatter(self, requested: str | None) -> Callable[[str], str]:
         """Plain prompt -> the text the model is given in *requested* (a suite's
         ``prompt_format:``; None: the run's): the chat template applied, or not."""
