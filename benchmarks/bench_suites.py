@@ -16,10 +16,12 @@ agree.
 
 The last line reads ``ratio cold=<x> warm=<y>`` for the 16-adapter work.
 
-Run: python benchmarks/bench_suites.py [--quick | --only 16]   (--quick: 1 and 4 adapters, 4
-samples per check, no scaling table: for trying the script, not for figures; --only 16: the
-16-adapter work alone, naive, cold and warm, about 12 minutes instead of 25). Building the
-base and training the demo adapters (cached) is not timed.
+Run: python benchmarks/bench_suites.py [--quick | --only 1|4|16] [--base NAME] [--threads N]
+(--quick: 1 and 4 adapters, 4 samples per check, no scaling table: for trying the script, not
+for figures; --only 16: the 16-adapter work alone, naive, cold and warm, about 12 minutes
+instead of 25; --base smollm2-135m --only 1 --threads 1: one demo voice on the real base,
+with the voices the demo trains there). Building the base and training the demo adapters
+(cached) is not timed.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 ROLES = ("logic", "poetic", "body", "silence")
-DEVICE = ["--device", "auto"]  # passed to both sides; set from --device
+COMMON = ["--device", "auto", "--base-model", "tiny"]  # passed to both sides; set from the options
 
 
 @dataclass
@@ -80,7 +82,7 @@ def env_for(home: Path) -> dict[str, str]:
 def scenelora(label: str, suites: Path, adapters: Path, home: Path, *extra: str) -> Run:
     xml = home / f"junit-{time.monotonic_ns()}.xml"
     cmd = [sys.executable, "-m", "pytest", str(suites), "--adapter", str(adapters), "-p", "no:cacheprovider",
-           "-q", f"--junitxml={xml}", *DEVICE, *extra]
+           "-q", f"--junitxml={xml}", *COMMON, *extra]
     wall, rss, out = _spawn(cmd, env_for(home), ROOT)
     verdicts = {}
     if xml.exists():
@@ -97,7 +99,7 @@ def scenelora(label: str, suites: Path, adapters: Path, home: Path, *extra: str)
 def naive(label: str, suites: Path, adapters: Path, home: Path, threads: int | None) -> Run:
     out_json = home / f"naive-{time.monotonic_ns()}.json"
     cmd = [sys.executable, str(HERE / "naive_peft.py"), str(suites), "--adapter", str(adapters),
-           "--json", str(out_json), *DEVICE] + (["--threads", str(threads)] if threads else [])
+           "--json", str(out_json), *COMMON] + (["--threads", str(threads)] if threads else [])
     wall, rss, out = _spawn(cmd, env_for(home), ROOT)
     if not out_json.exists():
         raise SystemExit(f"{label}: failed:\n{out[-3000:]}")
@@ -167,18 +169,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 and 4 adapters only, no scaling table")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--only", type=int, choices=(4, 16), metavar="N",
-                        help="just the N-adapter work (4 or 16): naive, cold and warm, and the ratio line")
+    parser.add_argument("--only", type=int, choices=(1, 4, 16), metavar="N",
+                        help="just the N-adapter work (1, 4 or 16): naive, cold and warm, and the ratio line")
+    parser.add_argument("--base", default="tiny",
+                        help="the base both sides run on (a real one, e.g. smollm2-135m, with --only 1)")
+    parser.add_argument("--threads", type=int, default=2, help="threads training the demo voices uses")
     args = parser.parse_args()
-    DEVICE[1] = args.device
+    COMMON[1], COMMON[3] = args.device, args.base
 
+    from pytest_scenelora.engine.bases import TINY, resolve_base
     from pytest_scenelora.engine.tinybase import ensure_tiny_base
     from pytest_scenelora.engine.training import train_demo_library
 
-    base_dir = ensure_tiny_base()
+    base_dir = ensure_tiny_base() if args.base == TINY else resolve_base(args.base)
     bases = base_dir.parent
     work = Path(tempfile.mkdtemp(prefix="bench-suites-"))
-    trained = [r.path for r in train_demo_library(work / "trained")]
+    trained = [r.path for r in train_demo_library(work / "trained", base=args.base, threads=args.threads)]
     one = work / "one"
     one.mkdir()
     shutil.copy(trained[1], one)
@@ -193,7 +199,7 @@ def main() -> None:
     cold: dict[int, Run] = {}
     warm: dict[int, Run] = {}
     refs: dict[int, Run] = {}
-    for count in sorted(c for c in sets if c > 1):
+    for count in sorted(c for c in sets if c > 1 or args.only == 1):
         home = fresh_home(bases)
         refs[count] = naive(f"naive (1 torch thread), {count} adapters", suites, sets[count], home, threads=1)
         cold[count] = scenelora(f"scenelora cold, {count} adapters", suites, sets[count], home)
