@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import adapters as adapter_files
+from ..engine.bases import TINY
 from ..errors import AdapterFormatError, SceneloraError
 from ..reporting.terminal import plain
 from ..settings import number_parser, parse_device, parse_quantization
@@ -78,7 +79,7 @@ def cmd_base_path(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr)
 
-    if args.name == "tiny":
+    if args.name == TINY:
         from ..engine.tinybase import ensure_tiny_base
 
         print(ensure_tiny_base(progress=progress))
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     base_sub.add_parser("list", help="presets, their HF ids, and whether each is on disk"
                         ).set_defaults(handler=cmd_base_list)
     path = base_sub.add_parser("path", help="print a base's local directory (builds tiny)")
-    path.add_argument("name", nargs="?", default="tiny", metavar="NAME")
+    path.add_argument("name", nargs="?", default=TINY, metavar="NAME")
     path.set_defaults(handler=cmd_base_path)
 
     inspect = sub.add_parser("inspect", help="show an adapter and validate it")
@@ -242,7 +243,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
                     "reuse) the four Δ42 role adapters on it with its recipe, run the shipped "
                     "suites on them with pytest, and show the coherence report.",
     )
-    demo.add_argument("--base-model", default="tiny", metavar="NAME|PATH",
+    demo.add_argument("--base-model", default=TINY, metavar="NAME|PATH",
                       help="the base to train and test on: tiny (default), a preset such as "
                            "smollm2-135m, a local folder or a .gguf file")
     demo.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -259,7 +260,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo_out(base_model: str) -> Path:
-    if base_model == "tiny":
+    if base_model == TINY:
         return Path("adapters")
     # voices of different bases never share a folder: a pytest run over it would mix them
     return Path("adapters-" + re.sub(r"[^\w.-]+", "-", Path(base_model).name).strip("-"))
@@ -277,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = args.out or _demo_out(args.base_model)
     console.print("[bold]1/3[/] the base:", plain(args.base_model), highlight=False)
-    if args.base_model == "tiny":
+    if args.base_model == TINY:
         from ..engine.tinybase import ensure_tiny_base
 
         base_dir = ensure_tiny_base(progress=lambda line: console.print(plain(f"  {line}")))
