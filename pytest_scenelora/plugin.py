@@ -89,7 +89,9 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     parser.addini("scenelora_adapters", "adapters to test when --adapter is not given",
                   type="linelist", default=[])
     for flag, ini, help_text, type_, metavar, _default in _OPTIONS:
-        group.addoption(flag, dest=ini, type=type_, metavar=metavar, default=None, help=help_text)
+        # argparse %-formats option help ("95%" would break `pytest --help`); ini help is not
+        group.addoption(flag, dest=ini, type=type_, metavar=metavar, default=None,
+                        help=help_text.replace("%", "%%"))
         parser.addini(ini, help_text, default=None)
     group.addoption("--scenelora-update-baseline", action="store_true", default=None,
                     dest="scenelora_update_baseline",

@@ -80,6 +80,18 @@ def test_bad_options_are_usage_errors(pytester, args: list[str], message: str) -
     assert "Traceback" not in result.stderr.str()
 
 
+def test_help_lists_every_option_and_ini_key(pytester) -> None:
+    # argparse %-formats option help: an unescaped "95%" made `pytest --help` a traceback
+    result = pytester.runpytest("--help")
+    assert result.ret == 0
+    text = result.stdout.str()
+    assert "at its own 95%), holm" in text
+    from pytest_scenelora.plugin import _OPTIONS
+
+    for flag, ini, *_ in _OPTIONS:
+        assert flag in text and f"  {ini} (string):" in text, flag
+
+
 def test_a_bad_ini_value_names_the_setting(pytester) -> None:
     pytester.makepyfile(test_nothing="def test_x():\n    pass\n")
     pytester.makeini("[pytest]\nscenelora_quantize = 2bit\n")
