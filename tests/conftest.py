@@ -19,6 +19,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("NO_COLOR", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-base tests first: the tier trains on SmolLM2 for minutes, and started last
+    it would leave one xdist worker idle while the other finishes it."""
+    items.sort(key=lambda item: item.get_closest_marker("real_base") is None)
+
+
 @pytest.fixture(scope="session")
 def scenelora_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     explicit = os.environ.get("SCENELORA_TEST_HOME")
