@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .checks.kind import NotApplicable
 from .engine import adapters as adapter_files
 from .errors import SceneloraError, UsageError
 from .session import SESSION_KEY
@@ -121,7 +122,10 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         runner = self.config.stash[SESSION_KEY].runner
-        verdict = runner.run(self.suite, self.spec, self.adapter)
+        try:
+            verdict = runner.run(self.suite, self.spec, self.adapter)
+        except NotApplicable as exc:  # reported at the check's own line (reportinfo)
+            raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
         self.user_properties.append(("scenelora_verdict", json.dumps(verdict.to_dict(), ensure_ascii=False)))
         record = self.record(verdict)
         self.user_properties.append(("scenelora_record", json.dumps(record, ensure_ascii=False)))

@@ -17,7 +17,7 @@ from typing import Any
 from ..specs import CheckSpec, Param
 from .active import adapter_active, next_token_kl
 from .context import CheckContext, Request
-from .kind import CheckKind
+from .kind import CheckKind, NotApplicable
 from .merge import max_logit_difference, merge_equivalence
 from .registers import RegisterSpace, register_centroids, register_holds, registers_unpack
 from .scene import scene_holds, scene_margins
@@ -28,6 +28,7 @@ __all__ = [
     "CheckContext",
     "CheckKind",
     "CheckSpec",
+    "NotApplicable",
     "Param",
     "RegisterSpace",
     "Request",

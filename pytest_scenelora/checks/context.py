@@ -124,6 +124,11 @@ class CheckContext:
 
     # --------------------------------------------------------------------- models
     @property
+    def quantization(self) -> str:
+        """How the run loads the base: ``none``, ``8bit`` or ``4bit`` (no model loaded)."""
+        return self._engine.session.settings.quantize.value
+
+    @property
     def library(self) -> AdapterLibrary:
         """The adapter library (loads the base and the adapters on first use)."""
         return self._engine.library

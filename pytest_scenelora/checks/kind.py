@@ -30,6 +30,12 @@ SEQUENTIAL_FACTOR = 4
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class NotApplicable(Exception):
+    """Raised by a kind's ``run`` when the check cannot be asked of this run at all (the
+    merge of an adapter into a quantized base, say): the item is skipped with this message,
+    which says why and what would make it apply, and nothing is recorded for it."""
+
+
 @dataclass(frozen=True)
 class CheckKind:
     """A check kind: *params* is its schema (``threshold`` is in the check's own unit),

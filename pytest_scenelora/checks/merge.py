@@ -19,7 +19,7 @@ import numpy as np
 from ..scenes import excerpt
 from ..scoring.verdict import CheckInputError, Status, Verdict, pick_worst
 from ..specs import SuiteError
-from .kind import CheckKind, Param
+from .kind import CheckKind, NotApplicable, Param
 
 if TYPE_CHECKING:
     from ..specs import CheckSpec
@@ -95,6 +95,11 @@ def merge_equivalence(
 
 def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
     """The adapter (scaled by ``weight``) unmerged and merged, on the same probes."""
+    if context.quantization != "none":
+        # a merge into quantized weights re-rounds them, and a checkpoint on disk would be
+        # compared with a quantized base: neither says anything about the adapter
+        raise NotApplicable(f"merge_equivalence needs the base unquantized, and this run loads it "
+                            f"--quantize {context.quantization}; rerun with --quantize none to test merges")
     probes = context.probes(spec["probes"], adapter)
     weight = spec["weight"]
 
