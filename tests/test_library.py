@@ -44,6 +44,8 @@ def test_the_base_alone_differs_from_every_adapter(library: AdapterLibrary) -> N
 
     with library.base_only():
         base = library.logits(PROMPTS)
+    # leaving the block re-enables the adapters, and leaves them frozen as the library holds them
+    assert not any(p.requires_grad for p in library.model.parameters())
     assert torch.equal(base, library.logits(PROMPTS, [None] * len(PROMPTS)))
     for name in library.names:
         assert not torch.allclose(base, library.logits(PROMPTS, name), atol=1e-4)

@@ -170,8 +170,13 @@ class AdapterLibrary:
         if self._peft is None:
             yield self.base.model
             return
-        with self._peft.disable_adapter():
-            yield self._peft
+        try:
+            with self._peft.disable_adapter():
+                yield self._peft
+        finally:
+            # PEFT re-enables the layers on the way out through set_adapter, which makes the
+            # active adapter trainable again; the library holds every adapter frozen
+            self._peft.requires_grad_(False)
 
     # ---------------------------------------------------------------- combining
     def combine(
