@@ -209,6 +209,22 @@ def generate(
     return out
 
 
+def last_logits_only(model: Any) -> dict[str, Any]:
+    """``{"logits_to_keep": 1}`` where the model's forward takes it (transformers' causal
+    LMs), else nothing: a forward over prompts then projects only each row's last position
+    onto the vocabulary, the one a next token is picked from (rows are left-padded), not
+    every prompt position. On a 49k-token vocabulary that projection was about a tenth of
+    a 64-row batch's generation time; ``model.generate`` skips it the same way."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        takes = "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {"logits_to_keep": 1} if takes else {}
+
+
 def _on_cpu(model: Any) -> bool:
     return next(model.parameters()).device.type == "cpu"
 
@@ -272,7 +288,7 @@ def _decode(
     cache = DynamicCache()
     with torch.inference_mode():
         output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                       cache=cache, use_cache=True, **extra)
+                       cache=cache, use_cache=True, **extra, **last_logits_only(model))
         next_pos = positions[:, -1:] + 1
         for _ in range(config.max_new_tokens):
             logits = output.logits[:, -1, :]

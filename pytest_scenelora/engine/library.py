@@ -28,6 +28,7 @@ from .generation import (
     cpu_threads,
     encode_prompts,
     generate,
+    last_logits_only,
 )
 from .lora_config import lora_config
 
@@ -289,7 +290,7 @@ class AdapterLibrary:
         threads = cpu_threads(runner) if device.type == "cpu" else None
         with torch.inference_mode(), cpu_thread_limit(threads):
             out = runner(input_ids=encoded["input_ids"].to(device), attention_mask=mask,
-                         position_ids=positions, **extra)
+                         position_ids=positions, **extra, **last_logits_only(runner))
         return out.logits[:, -1, :].float().cpu()
 
 
