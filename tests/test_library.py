@@ -143,3 +143,22 @@ def _retarget(path, target):
     config = dict(info.peft_config, target_modules=[target])
     save_file(load_file(str(path)), str(path), metadata={**info.metadata, "peft_config": json.dumps(config)})
     return path
+
+
+def test_prompt_forwards_project_only_the_last_position(library) -> None:
+    """``logits_to_keep=1`` (what ``model.generate`` does in its prefill): the next-token
+    logits are the full forward's last position, up to the rounding of a narrower product."""
+    import torch
+
+    from pytest_scenelora.engine.generation import encode_prompts, last_logits_only
+
+    assert last_logits_only(library.model) == {"logits_to_keep": 1}
+    assert last_logits_only(library.base.model) == {"logits_to_keep": 1}
+    assert last_logits_only(torch.nn.Linear(2, 2)) == {}
+    encoded = encode_prompts(library.model, library.base.tokenizer, PROMPTS)
+    positions = (encoded["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    library.switch("Δ42_body")
+    with torch.inference_mode():
+        full = library.model(**encoded, position_ids=positions).logits
+    assert full.shape[1] > 1
+    assert torch.allclose(library.logits(PROMPTS), full[:, -1, :].float(), atol=1e-5)
