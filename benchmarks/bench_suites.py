@@ -20,8 +20,9 @@ Run: python benchmarks/bench_suites.py [--quick | --only 1|4|16] [--base NAME] [
 (--quick: 1 and 4 adapters, 4 samples per check, no scaling table: for trying the script, not
 for figures; --only 16: the 16-adapter work alone, naive, cold and warm, about 12 minutes
 instead of 25; --base smollm2-135m --only 1 --threads 1: one demo voice on the real base,
-with the voices the demo trains there). Building the base and training the demo adapters
-(cached) is not timed.
+with the voices the demo trains there; --samples N sets every check's samples to N on both
+sides, e.g. --base smollm2-135m --only 4 --samples 8). Building the base and training the
+demo adapters (cached) is not timed.
 """
 
 from __future__ import annotations
@@ -174,6 +175,9 @@ def main() -> None:
     parser.add_argument("--base", default="tiny",
                         help="the base both sides run on (a real one, e.g. smollm2-135m, with --only 1)")
     parser.add_argument("--threads", type=int, default=2, help="threads training the demo voices uses")
+    parser.add_argument("--samples", type=int, default=None, metavar="N",
+                        help="every check's samples set to N, on both sides (a real base's naive loop "
+                             "takes ~10 minutes per adapter at the shipped sizes)")
     args = parser.parse_args()
     COMMON[1], COMMON[3] = args.device, args.base
 
@@ -193,7 +197,8 @@ def main() -> None:
         sets[16] = make_variants(trained, work / "sixteen", 4)
     if args.only:
         sets = {args.only: sets[args.only]}
-    suites = suites_with_samples(work / "suites-quick", 4) if args.quick else ROOT / "suites"
+    samples = 4 if args.quick else args.samples
+    suites = suites_with_samples(work / f"suites-{samples}", samples) if samples else ROOT / "suites"
     big = max(sets)
 
     cold: dict[int, Run] = {}

@@ -1,16 +1,20 @@
 """Training figures: pipeline overhead against a plain PEFT loop, and ``train --all`` time.
 
-    python benchmarks/bench_training.py [--steps N] [--repeats N] [--skip-all]
+    python benchmarks/bench_training.py [--base NAME] [--steps N] [--repeats N] [--skip-all]
 
 1. Overhead: ``training.train`` (data checks, prompt building, cache key, deterministic
    setup, atomic save with metadata) against a plain PEFT + torch loop that does the same
    work by hand: the same examples and prompts, LoRA config, optimiser, schedule, batches,
-   steps, seed and thread count. Both run end to end (load the base, tokenize, train,
-   save) in this process, interleaved, and the best of ``--repeats`` runs is compared.
-   The two final losses are printed too: equal losses show the loops do the same work.
-   Target: overhead at most 10%.
-2. ``scenelora train --all --no-cache`` (the four Δ42 demo adapters) in a fresh process,
-   pinned to two cores when ``taskset`` exists. Target: at most 120 s.
+   steps, seed and thread count. Each side runs end to end (load the base, tokenize, train,
+   save; torch, transformers and PEFT are imported first, untimed) in a fresh child process,
+   so that its peak RSS is its own; the two alternate, and
+   the best of ``--repeats`` runs is compared. Tokens per second count every token the
+   batches hold (padding excluded); the two final losses are printed too: equal losses show
+   the loops do the same work. Target: overhead at most 10%. ``--base smollm2-135m`` runs it
+   on the real base with the preset's recipe (``--steps`` and the rest follow the base).
+2. ``scenelora train --all --no-cache`` (the four Δ42 demo adapters, on ``--base``) in a
+   fresh process, pinned to two cores when ``taskset`` exists. Target on the tiny base: at
+   most 120 s.
 
 Ratios are taken within one run, so a slower or busier machine shifts both sides alike.
 """
@@ -28,14 +32,19 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import peak_rss_mib
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def plain_peft_loop(base_dir: Path, data: Path, scenes_file: Path, topics_file: Path,
                     out: Path, *, scene: str, role: str, steps: int, lr: float, batch_size: int,
-                    seed: int, threads: int, max_length: int) -> float:
-    """What a user would write by hand with PEFT and torch; returns the final loss."""
+                    seed: int, threads: int, max_length: int, r: int = 16, alpha: float = 16,
+                    dropout: float = 0.05) -> tuple[float, int]:
+    """What a user would write by hand with PEFT and torch; returns the final loss and the
+    tokens its batches held (padding excluded)."""
     import torch
     import yaml
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
@@ -71,7 +80,7 @@ def plain_peft_loop(base_dir: Path, data: Path, scenes_file: Path, topics_file: 
             for p, t in zip(prompts, texts, strict=True)]
 
     torch.manual_seed(seed)
-    config = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=16, lora_dropout=0.05,
+    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=["v_proj", "o_proj"])
     peft_model = get_peft_model(model, config)
     peft_model.train()
@@ -89,6 +98,7 @@ def plain_peft_loop(base_dir: Path, data: Path, scenes_file: Path, topics_file: 
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     loss_value = float("nan")
+    tokens = 0
     for _ in range(steps):
         if len(order) < batch_size:
             order = torch.randperm(len(rows), generator=generator).tolist()
@@ -98,6 +108,7 @@ def plain_peft_loop(base_dir: Path, data: Path, scenes_file: Path, topics_file: 
         input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        tokens += int(mask.sum())
         loss = peft_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -107,58 +118,104 @@ def plain_peft_loop(base_dir: Path, data: Path, scenes_file: Path, topics_file: 
         loss_value = loss.detach().item()
     save_file({k: v.detach().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()},
               str(out))
-    return loss_value
+    return loss_value, tokens
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def spec_for(base: str, steps: int | None):
     from pytest_scenelora.engine import training
 
-    parser.add_argument("--steps", type=int, default=training.DEFAULT_STEPS)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip-all", action="store_true", help="skip timing `train --all`")
-    args = parser.parse_args(argv)
+    return training.TrainSpec(scene="Δ42", role="poetic", base=base, steps=steps, device="cpu")
 
+
+def run_side(side: str, base: str, steps: int | None, out: Path) -> dict:
+    """One side, end to end, in this (fresh) process: what the parent compares."""
     import warnings
 
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging
 
     from pytest_scenelora import shipped
-    from pytest_scenelora.engine.tinybase import ensure_tiny_base
+    from pytest_scenelora.engine import training
+    from pytest_scenelora.engine.bases import resolve_base
 
     hf_logging.disable_progress_bar()
-    base_dir = ensure_tiny_base(progress=lambda line: print(line, file=sys.stderr))
-    spec = training.TrainSpec(scene="Δ42", role="poetic", base="tiny", steps=args.steps, device="cpu")
+    import peft  # noqa: F401  both sides use the same stack: its import (~5 s) is not timed
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    spec = spec_for(base, steps)
+    started = time.perf_counter()
+    if side == "plain":
+        loss, tokens = plain_peft_loop(
+            resolve_base(base), shipped.training_data_file(), shipped.scenes_file(), shipped.topics_file(),
+            out / "plain.safetensors", scene=spec.scene, role=spec.role, steps=spec.steps, lr=spec.lr,
+            batch_size=spec.batch_size, seed=spec.seed, threads=spec.threads, max_length=spec.max_length,
+            r=spec.r, alpha=spec.alpha, dropout=spec.dropout)
+    else:
+        trained = training.train(spec, out / "ours", cache=False)
+        loss, tokens = trained.final_loss or float("nan"), None  # the parent counts the plain side's
+    return {"seconds": time.perf_counter() - started, "loss": loss, "tokens": tokens,
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def side_in_child(side: str, base: str, steps: int | None, work: Path) -> dict:
+    result = work / f"{side}.json"
+    command = [sys.executable, __file__, "--side", side, "--base", base, "--result", str(result)]
+    if steps is not None:
+        command += ["--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {side} side failed:\n{done.stdout}{done.stderr}")
+    return json.loads(result.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="tiny", help="tiny (default) or a preset such as smollm2-135m")
+    parser.add_argument("--steps", type=int, default=None, help="default: the base's recipe")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-all", action="store_true", help="skip timing `train --all`")
+    parser.add_argument("--side", choices=("plain", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.side:  # a child: one side, its figures to --result
+        with tempfile.TemporaryDirectory(prefix="scenelora-bench-") as out:
+            figures = run_side(args.side, args.base, args.steps, Path(out))
+        args.result.write_text(json.dumps(figures))
+        return 0
+
+    from pytest_scenelora.engine.bases import resolve_base
+    from pytest_scenelora.engine.tinybase import ensure_tiny_base
+
+    if args.base == "tiny":
+        ensure_tiny_base(progress=lambda line: print(line, file=sys.stderr))
+    else:
+        resolve_base(args.base)  # converted once (a GGUF preset), before anything is timed
+    spec = spec_for(args.base, args.steps)
     work = Path(tempfile.mkdtemp(prefix="scenelora-bench-"))
-    plain_times, ours_times = [], []
-    plain_loss = ours_loss = float("nan")
+    runs: dict[str, list[dict]] = {"plain": [], "ours": []}
     try:
         for repeat in range(args.repeats):
-            started = time.perf_counter()
-            plain_loss = plain_peft_loop(
-                base_dir, shipped.training_data_file(), shipped.scenes_file(),
-                shipped.topics_file(), work / f"plain{repeat}.safetensors",
-                scene=spec.scene, role=spec.role, steps=spec.steps, lr=spec.lr,
-                batch_size=spec.batch_size, seed=spec.seed, threads=spec.threads,
-                max_length=spec.max_length,
-            )
-            plain_times.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            result = training.train(spec, work / f"ours{repeat}", cache=False)
-            ours_times.append(time.perf_counter() - started)
-            ours_loss = result.final_loss or float("nan")
-            print(f"repeat {repeat + 1}: plain {plain_times[-1]:.2f}s, "
-                  f"scenelora {ours_times[-1]:.2f}s", flush=True)
-        ratio = min(ours_times) / min(plain_times)
-        print(f"training {spec.steps} steps (batch {spec.batch_size}, {spec.threads} threads): "
-              f"plain PEFT loop {min(plain_times):.2f}s, training.train {min(ours_times):.2f}s, "
-              f"overhead {100 * (ratio - 1):+.1f}% (target <= +10%)")
-        print(f"final loss: plain {plain_loss:.6f}, training.train {ours_loss:.6f}")
+            for side in ("plain", "ours"):
+                runs[side].append(side_in_child(side, args.base, args.steps, work))
+            print(f"repeat {repeat + 1}: plain {runs['plain'][-1]['seconds']:.2f}s, "
+                  f"scenelora {runs['ours'][-1]['seconds']:.2f}s", flush=True)
+        plain = min(runs["plain"], key=lambda r: r["seconds"])
+        ours = min(runs["ours"], key=lambda r: r["seconds"])
+        tokens = plain["tokens"]  # the same batches on both sides (the same final loss says so)
+        ratio = ours["seconds"] / plain["seconds"]
+        print(f"base {args.base}: {spec.steps} steps of {spec.batch_size} rows (lr {spec.lr:g}, r {spec.r}, "
+              f"{spec.threads} threads), {tokens} tokens")
+        print(f"plain PEFT loop: {plain['seconds']:.2f}s, {tokens / plain['seconds']:.0f} tokens/s, "
+              f"peak RSS {plain['peak_rss_mib']:.0f} MiB, final loss {plain['loss']:.6f}")
+        print(f"training.train:  {ours['seconds']:.2f}s, {tokens / ours['seconds']:.0f} tokens/s, "
+              f"peak RSS {ours['peak_rss_mib']:.0f} MiB, final loss {ours['loss']:.6f}")
+        print(f"overhead {100 * (ratio - 1):+.1f}% (target <= +10%)")
 
         if not args.skip_all:
             command = [sys.executable, "-m", "pytest_scenelora.cli.main", "train", "--all", "--no-cache",
-                       "--out", str(work / "library"), "--progress", "none"]
+                       "--base-model", args.base, "--out", str(work / "library"), "--progress", "none"]
             if shutil.which("taskset"):
                 command = ["taskset", "-c", "0,1", *command]
             started = time.perf_counter()
@@ -168,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(done.stdout + done.stderr, file=sys.stderr)
                 return done.returncode
             print(done.stdout.rstrip())
-            print(f"scenelora train --all: {seconds:.1f}s on 2 cores (target <= 120s)")
+            target = " (target <= 120s)" if args.base == "tiny" else ""
+            print(f"scenelora train --all on {args.base}: {seconds:.1f}s on 2 cores{target}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
