@@ -20,8 +20,9 @@ Run: python benchmarks/bench_suites.py [--quick | --only 1|4|16] [--base NAME] [
 (--quick: 1 and 4 adapters, 4 samples per check, no scaling table: for trying the script, not
 for figures; --only 16: the 16-adapter work alone, naive, cold and warm, about 12 minutes
 instead of 25; --base smollm2-135m --only 1 --threads 1: one demo voice on the real base,
-with the voices the demo trains there; --samples N sets every check's samples to N on both
-sides, e.g. --base smollm2-135m --only 4 --samples 8). Building the base and training the
+with the voices the demo trains there; --samples N caps every check's samples at N on both
+sides (at most N: a check with fewer keeps its own), e.g. --base smollm2-135m --only 4
+--samples 8). Building the base and training the
 demo adapters (cached) is not timed.
 """
 
@@ -157,11 +158,15 @@ def make_variants(trained: list[Path], out: Path, copies: int) -> Path:
     return out
 
 
-def suites_with_samples(dst: Path, samples: int) -> Path:
-    """The shipped suites with every ``samples:`` set to *samples*."""
+def suites_with_samples(dst: Path, samples: int, *, cap: bool = False) -> Path:
+    """The shipped suites with every ``samples:`` set to *samples* (*cap*: at most *samples*)."""
     dst.mkdir(parents=True, exist_ok=True)
+
+    def value(match: re.Match[str]) -> str:
+        return f"{match[1]}{min(int(match[2]), samples) if cap else samples}"
+
     for path in sorted((ROOT / "suites").glob("*.yaml")):
-        text = re.sub(r"(?m)^(\s+samples:\s*)\d+", rf"\g<1>{samples}", path.read_text(encoding="utf-8"))
+        text = re.sub(r"(?m)^(\s+samples:\s*)(\d+)", value, path.read_text(encoding="utf-8"))
         (dst / path.name).write_text(text, encoding="utf-8")
     return dst
 
@@ -176,7 +181,7 @@ def main() -> None:
                         help="the base both sides run on (a real one, e.g. smollm2-135m, with --only 1)")
     parser.add_argument("--threads", type=int, default=2, help="threads training the demo voices uses")
     parser.add_argument("--samples", type=int, default=None, metavar="N",
-                        help="every check's samples set to N, on both sides (a real base's naive loop "
+                        help="every check's samples at most N, on both sides (a real base's naive loop "
                              "takes ~10 minutes per adapter at the shipped sizes)")
     args = parser.parse_args()
     COMMON[1], COMMON[3] = args.device, args.base
@@ -197,8 +202,12 @@ def main() -> None:
         sets[16] = make_variants(trained, work / "sixteen", 4)
     if args.only:
         sets = {args.only: sets[args.only]}
-    samples = 4 if args.quick else args.samples
-    suites = suites_with_samples(work / f"suites-{samples}", samples) if samples else ROOT / "suites"
+    if args.quick:
+        suites = suites_with_samples(work / "suites-quick", 4)
+    elif args.samples:
+        suites = suites_with_samples(work / f"suites-at-most-{args.samples}", args.samples, cap=True)
+    else:
+        suites = ROOT / "suites"
     big = max(sets)
 
     cold: dict[int, Run] = {}
