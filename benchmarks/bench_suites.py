@@ -21,9 +21,8 @@ Run: python benchmarks/bench_suites.py [--quick | --only 1|4|16] [--base NAME] [
 for figures; --only 16: the 16-adapter work alone, naive, cold and warm, about 12 minutes
 instead of 25; --base smollm2-135m --only 1 --threads 1: one demo voice on the real base,
 with the voices the demo trains there; --samples N caps every check's samples at N on both
-sides (at most N: a check with fewer keeps its own), e.g. --base smollm2-135m --only 4
---samples 8). Building the base and training the
-demo adapters (cached) is not timed.
+sides, a check with fewer keeping its own, e.g. --base smollm2-135m --only 4 --samples 8).
+Building the base and training the demo adapters (cached) is not timed.
 """
 
 from __future__ import annotations
