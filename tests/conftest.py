@@ -59,6 +59,17 @@ def tiny_base(tiny_base_dir: Path):
     return load_base(str(tiny_base_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def demo_adapters(scenelora_home: Path, tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's four Δ42 voices on the tiny base, trained once per run (the training cache's
+    lock makes xdist workers share them)."""
+    from pytest_scenelora.engine.training import train_demo_library
+
+    out = tmp_path_factory.mktemp("demo-adapters")
+    train_demo_library(out)
+    return out
+
+
 MakeAdapter = Callable[..., Path]
 
 

@@ -23,15 +23,6 @@ SUITES = Path(__file__).parent.parent / "suites"
 SABOTAGE_STEPS = 60
 
 
-@pytest.fixture(scope="session")
-def demo_adapters(scenelora_home: Path, tiny_base_dir: Path, tmp_path_factory) -> Path:
-    from pytest_scenelora.engine.training import train_demo_library
-
-    out = tmp_path_factory.mktemp("demo-adapters")
-    train_demo_library(out)
-    return out
-
-
 @pytest.fixture
 def fresh_home(scenelora_home: Path, tmp_path: Path, monkeypatch):
     """``fresh_home(name)``: a SCENELORA_HOME of this test's own (no cached results, no

@@ -235,7 +235,11 @@ CI_RECIPE = ("--threads", "1")
 @needs_smollm2
 @real_tier
 def test_a_voice_trained_on_smollm2_holds_its_scene_and_a_zeroed_copy_fails(
-        smollm2_dir: Path, tmp_path: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+        demo_adapters: Path, smollm2_dir: Path, tmp_path: Path, pytester: pytest.Pytester,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # demo_adapters only orders the run: the tiny base and its voices train on a fixed team of
+    # two threads, which SmolLM2's training beside them on another xdist worker slowed down
+    # several times (CI: 560 s instead of ~190 s); so the tier starts once they are built
     import subprocess
 
     from safetensors import safe_open
