@@ -101,32 +101,26 @@ def test_quantized_bases_load_and_generate_on_cpu(tiny_base_dir: Path, quantize:
     assert text.strip()
 
 
-MERGE_SUITE = """\
-adapters: "Δ42_*"
-checks:
-  - kind: adapter_active
-    probes: 3
-    threshold: 0.005
-  - kind: merge_equivalence
-    threshold: 0.001
-"""
-
-
 @pytest.mark.parametrize("quantize", ["8bit", "4bit"])
 def test_merge_equivalence_skips_on_a_quantized_base_and_says_why(
         pytester: pytest.Pytester, make_adapter, tiny_base_dir: Path, tmp_path: Path, quantize: str) -> None:
+    from pytest_scenelora.shipped import suites_dir
+
+    suite = pytester.path / "scene_field.yaml"
+    shutil.copy(suites_dir() / suite.name, suite)
+    line = next(n for n, text in enumerate(suite.read_text().splitlines(), 1) if "kind: merge_equivalence" in text)
     adapter = make_adapter("Δ42_poetic", seed=3)
-    pytester.makefile(".yaml", merges=MERGE_SUITE)
     report = tmp_path / "results.json"
-    args = ("merges.yaml", "--adapter", str(adapter), "--base-model", str(tiny_base_dir), "--device", "cpu",
-            "-p", "no:cacheprovider", "-rs", "--scenelora-json", str(report))
+    args = (suite.name, "--adapter", str(adapter), "--base-model", str(tiny_base_dir), "--device", "cpu",
+            "-k", "not scene_holds", "-p", "no:cacheprovider", "-rs",
+            "--scenelora-json", str(report))
     quantized = pytester.runpytest(*args, "--quantize", quantize)
-    quantized.assert_outcomes(passed=1, skipped=1)
-    quantized.stdout.fnmatch_lines([f"SKIPPED [1] merges.yaml:6: merge_equivalence needs the base unquantized, "
-                                    f"and this run loads it --quantize {quantize}; rerun with --quantize none "
-                                    "to test merges"])
+    quantized.assert_outcomes(passed=1, skipped=1, deselected=1)
+    quantized.stdout.fnmatch_lines([f"SKIPPED [1] scene_field.yaml:{line}: merge_equivalence needs the base "
+                                    f"unquantized, and this run loads it --quantize {quantize}; rerun with "
+                                    "--quantize none to test merges"])
     assert [r["kind"] for r in json.loads(report.read_text())["results"]] == ["adapter_active"]
-    pytester.runpytest(*args).assert_outcomes(passed=2)  # the same suite, unquantized, merges
+    pytester.runpytest(*args).assert_outcomes(passed=2, deselected=1)  # unquantized, it merges
 
 
 def test_4bit_on_cpu_refuses_widths_not_divisible_by_32(tmp_path: Path) -> None:
