@@ -266,6 +266,52 @@ def test_training_runs_on_each_architecture(arch: str, tiny_base_dir: Path, home
     assert validate(result.info, base_dir).ok
 
 
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gpt2"])
+def test_the_loss_projects_only_labelled_positions_and_equals_the_models_own(
+        arch: str, tiny_base_dir: Path) -> None:
+    """Prompts of different lengths, right padding: the LM head sees one row per labelled
+    token, and the loss and the LoRA gradients are the model's own ``model(**batch).loss``'s
+    (the same mean, summed in another order)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pytest_scenelora.engine.bases import load_tokenizer
+    from pytest_scenelora.engine.training.data import collate
+    from pytest_scenelora.engine.training.loss import causal_lm_loss, head_is_separable
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_tiny_configs()[arch])
+    names = (GPT2_PRESETS if arch == "gpt2" else PROJ_PRESETS)["hypertoken"]
+    peft_model = get_peft_model(model, LoraConfig(target_modules=list(names), r=4, init_lora_weights=False,
+                                                  fan_in_fan_out=arch == "gpt2"))
+    peft_model.eval()  # no dropout (GPT-2's config has some): both forwards see the same network
+    tokenizer = load_tokenizer(tiny_base_dir)
+    rows = tokenize_pairs(tokenizer, [("Scene: Δ42\n", "The lamp sleeps."),
+                                      ("Scene: the long corridor at night\n", "Steps."),
+                                      ("Topic: rain\n", "It falls on the roof and the road.")], 64)
+    batch = collate(rows, tokenizer.eos_token_id)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert labelled < batch["labels"].numel() // 2  # the prompts and the padding are most of it
+
+    seen: list[int] = []
+    hook = peft_model.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].shape[:-1].numel()))
+    assert head_is_separable(peft_model)
+    ours = causal_lm_loss(peft_model, batch)
+    ours.backward()
+    our_grads = [p.grad.clone() for p in peft_model.parameters() if p.requires_grad]
+    peft_model.zero_grad()
+    theirs = peft_model(**batch).loss
+    theirs.backward()
+    hook.remove()
+    their_grads = [p.grad for p in peft_model.parameters() if p.requires_grad]
+
+    assert seen == [labelled, batch["input_ids"].numel()]
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(our_grads, their_grads, strict=True))
+
+
 def test_unknown_module_names_are_refused_with_the_real_names(home: Path, base: str,
                                                               tmp_path: Path) -> None:
     spec = TrainSpec(scene="Δ42", role="poetic", base=base, target_modules=("c_attn",), **FAST)

@@ -18,6 +18,7 @@ from ..progress import Progress
 from ..quiet import peft_wrapping_quietly
 from ..threads import fixed_team_size
 from .data import TrainingSet, batches, collate, tokenize_pairs
+from .loss import causal_lm_loss
 from .spec import TrainSpec
 from .targets import (
     WHY_NOT_EMBEDDINGS,
@@ -185,7 +186,7 @@ def run_training(spec: TrainSpec, training_set: TrainingSet, base: Any,
         for step in range(1, spec.steps + 1):
             batch = collate([rows[i] for i in next(order)], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = peft_model(**batch).loss
+            loss = causal_lm_loss(peft_model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
