@@ -1,6 +1,6 @@
 """Training figures: pipeline overhead against a plain PEFT loop, and ``train --all`` time.
 
-    python benchmarks/bench_training.py [--base NAME] [--steps N] [--repeats N] [--skip-all]
+    python benchmarks/bench_training.py [--base NAME] [--steps N] [--repeats N] [--skip-all] [--breakdown]
 
 1. Overhead: ``training.train`` (data checks, prompt building, cache key, deterministic
    setup, atomic save with metadata) against a plain PEFT + torch loop that does the same
@@ -15,6 +15,9 @@
 2. ``scenelora train --all --no-cache`` (the four Δ42 demo adapters, on ``--base``) in a
    fresh process, pinned to two cores when ``taskset`` exists. Target on the tiny base: at
    most 120 s.
+3. ``--breakdown`` (instead of 1 and 2): where one step's time goes, in this process: the
+   layers, the LM head and loss (over the labelled positions, and over every position for
+   comparison), the optimizer.
 
 Ratios are taken within one run, so a slower or busier machine shifts both sides alike.
 """
@@ -158,6 +161,93 @@ def run_side(side: str, base: str, steps: int | None, out: Path) -> dict:
             "peak_rss_mib": peak_rss_mib()}
 
 
+def step_breakdown(base: str, steps: int) -> None:
+    """Where one training step's time goes, on *base* with its recipe's batch, LoRA and
+    threads: each part timed alone on the same batch, in rounds of every part, the best of
+    *steps* rounds. ``head`` is the LM head and the loss (forward and backward) over every
+    position (what ``model(**batch).loss`` projects) against the labelled positions only
+    (what ``training.train`` projects); ``body`` is a whole step with the labelled-only loss
+    less that head; ``optimizer`` is gradient clipping, AdamW and zeroing the gradients."""
+    import torch
+    import torch.nn.functional as F
+    from peft import get_peft_model
+
+    from pytest_scenelora.engine import training
+    from pytest_scenelora.engine.bases import load_base
+    from pytest_scenelora.engine.quiet import peft_wrapping_quietly
+    from pytest_scenelora.engine.training.data import batches, collate, tokenize_pairs
+    from pytest_scenelora.engine.training.loop import deterministic_torch, lora_config, resolve_targets
+    from pytest_scenelora.engine.training.loss import causal_lm_loss
+
+    spec = spec_for(base, None)
+    training_set = training.build_training_set(spec)
+    loaded = load_base(spec.base, device="cpu")
+    rows = tokenize_pairs(loaded.tokenizer, training_set.pairs, spec.max_length)
+    tokenizer = loaded.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = collate([rows[i] for i in next(batches(len(rows), spec.batch_size, spec.seed))], pad_id)
+    plan = resolve_targets(spec, loaded.model, training_set.input_mode)
+    with peft_wrapping_quietly():
+        model = get_peft_model(loaded.model, lora_config(spec, plan))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr)
+    head = model.get_output_embeddings()
+    targets = batch["labels"][:, 1:]
+    labelled = targets != -100
+    width = head.in_features
+    everywhere = torch.randn(*batch["input_ids"].shape, width)
+    only = torch.randn(int(labelled.sum()), width)
+
+
+    def head_over(hidden, wanted) -> None:
+        hidden = hidden.clone().requires_grad_()
+        logits = head(hidden).float()
+        logits = logits.reshape(-1, logits.shape[-1])
+        F.cross_entropy(logits, wanted.reshape(-1), ignore_index=-100).backward()
+
+    def whole(loss_of) -> None:
+        loss_of(model, batch).backward()
+        optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_step() -> None:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    full_targets = F.pad(targets, (0, 1), value=-100)
+    parts = {
+        "head_all": lambda: head_over(everywhere, full_targets),
+        "head_only": lambda: head_over(only, targets[labelled]),
+        "step_all": lambda: whole(lambda m, b: m(**b).loss),
+        "step_only": lambda: whole(causal_lm_loss),
+        "opt": optimizer_step,
+    }
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    with deterministic_torch(spec.threads, "cpu"):
+        for _ in range(steps + 1):  # rounds of every part, so that the machine's load falls on all
+            for name, work in parts.items():
+                started = time.perf_counter()
+                work()
+                times[name].append(time.perf_counter() - started)
+    head_all, head_only, step_all, step_only, opt = (min(t[1:]) for t in times.values())  # 1st: warm-up
+    positions, n = batch["input_ids"].numel(), int(labelled.sum())
+    body = step_only - head_only
+    total = step_only + opt
+    print(f"base {base}: one step of {spec.batch_size} rows x {batch['input_ids'].shape[1]} positions, "
+          f"{n} of {positions} positions labelled ({100 * n / positions:.0f}%), vocabulary "
+          f"{head.out_features:,}, {spec.threads} threads; best of {steps}")
+    print(f"  body (layers with LoRA, forward + backward)    {1000 * body:8.1f} ms  "
+          f"{100 * body / total:4.0f}%")
+    print(f"  LM head + loss, labelled positions only        {1000 * head_only:8.1f} ms  "
+          f"{100 * head_only / total:4.0f}%   (every position: {1000 * head_all:.1f} ms)")
+    print(f"  clip + AdamW + zero_grad                       {1000 * opt:8.1f} ms  {100 * opt / total:4.0f}%")
+    print(f"  step, labelled positions only: {1000 * (step_only + opt):.1f} ms; every position: "
+          f"{1000 * (step_all + opt):.1f} ms ({100 * (step_all / step_only - 1):+.1f}%)")
+
+
 def side_in_child(side: str, base: str, steps: int | None, work: Path) -> dict:
     result = work / f"{side}.json"
     command = [sys.executable, __file__, "--side", side, "--base", base, "--result", str(result)]
@@ -175,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="default: the base's recipe")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-all", action="store_true", help="skip timing `train --all`")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only where one step's time goes (body, LM head, optimizer)")
     parser.add_argument("--side", choices=("plain", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -192,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         ensure_tiny_base(progress=lambda line: print(line, file=sys.stderr))
     else:
         resolve_base(args.base)  # converted once (a GGUF preset), before anything is timed
+    if args.breakdown:
+        step_breakdown(args.base, steps=10)
+        return 0
     spec = spec_for(args.base, args.steps)
     work = Path(tempfile.mkdtemp(prefix="scenelora-bench-"))
     runs: dict[str, list[dict]] = {"plain": [], "ours": []}
