@@ -312,6 +312,44 @@ def test_the_loss_projects_only_labelled_positions_and_equals_the_models_own(
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(our_grads, their_grads, strict=True))
 
 
+def test_a_model_that_projects_without_its_head_module_gets_the_whole_forwards_loss(
+        tiny_base_dir: Path) -> None:
+    """A forward that takes ``logits_to_keep`` but projects with the head's weight directly
+    (the pre-hook never runs): the loss is still the model's own, and from the second step on
+    it costs one forward, not two."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaForCausalLM
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from pytest_scenelora.engine.bases import load_tokenizer
+    from pytest_scenelora.engine.training.data import collate
+    from pytest_scenelora.engine.training.loss import causal_lm_loss, head_is_separable
+
+    class ProjectsByHand(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, labels=None, logits_to_keep=0, **kwargs):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = F.linear(hidden, self.lm_head.weight)
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+            return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    torch.manual_seed(0)
+    model = ProjectsByHand(_tiny_configs()["llama"]).eval()
+    tokenizer = load_tokenizer(tiny_base_dir)
+    batch = collate(tokenize_pairs(tokenizer, [("Scene: Δ42\n", "The lamp sleeps."),
+                                               ("Topic: rain\n", "It falls.")], 64), tokenizer.eos_token_id)
+    forwards: list[int] = []
+    model.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    assert head_is_separable(model)
+    first = causal_lm_loss(model, batch)
+    assert len(forwards) == 2 and not head_is_separable(model)
+    second = causal_lm_loss(model, batch)
+    assert len(forwards) == 3
+    assert first.item() == second.item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
+
+
 def test_unknown_module_names_are_refused_with_the_real_names(home: Path, base: str,
                                                               tmp_path: Path) -> None:
     spec = TrainSpec(scene="Δ42", role="poetic", base=base, target_modules=("c_attn",), **FAST)

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from collections.abc import Iterator
 from typing import Any
+
+#: models whose logits did not come from their output module row by row: the whole forward
+_NOT_SEPARABLE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _forward_of(model: Any) -> Any:
@@ -26,6 +30,8 @@ def head_is_separable(model: Any) -> bool:
     """True where the model has an output module and a forward that takes
     ``logits_to_keep`` (transformers' causal LMs): the sign that its logits come straight
     from that module, position by position. Other models get the full forward's loss."""
+    if model in _NOT_SEPARABLE:
+        return False
     try:
         takes = "logits_to_keep" in inspect.signature(_forward_of(model)).parameters
     except (TypeError, ValueError):
@@ -59,6 +65,8 @@ def causal_lm_loss(model: Any, batch: dict[str, Any]) -> Any:
     with _head_sees_only(model.get_output_embeddings(), keep):
         logits = model(**inputs).logits
     if logits.dim() != 2 or logits.shape[0] != int(labelled.sum()):
-        # an architecture that reshapes its logits after the head: the whole forward
+        # an architecture that reshapes its logits after the head, or projects without
+        # calling it: the whole forward, for this step and every later one
+        _NOT_SEPARABLE.add(model)
         return model(**batch).loss
     return F.cross_entropy(logits.float(), targets[labelled])
