@@ -199,7 +199,6 @@ def step_breakdown(base: str, steps: int) -> None:
     everywhere = torch.randn(*batch["input_ids"].shape, width)
     only = torch.randn(int(labelled.sum()), width)
 
-
     def head_over(hidden, wanted) -> None:
         hidden = hidden.clone().requires_grad_()
         logits = head(hidden).float()

@@ -215,14 +215,20 @@ def last_logits_only(model: Any) -> dict[str, Any]:
     onto the vocabulary, the one a next token is picked from (rows are left-padded), not
     every prompt position. On a 49k-token vocabulary that projection was about a tenth of
     a 64-row batch's generation time; ``model.generate`` skips it the same way."""
+    return {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
+
+
+def takes_logits_to_keep(model: Any) -> bool:
+    """Whether the forward of *model* (or of the base under a PEFT wrapper) takes
+    ``logits_to_keep``: transformers' causal LMs, whose logits are their output module
+    applied to the positions kept."""
     import inspect
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        takes = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):
-        takes = False
-    return {"logits_to_keep": 1} if takes else {}
+        return False
 
 
 def _on_cpu(model: Any) -> bool:

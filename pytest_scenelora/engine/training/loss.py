@@ -12,18 +12,14 @@ the loss is the same mean over the same tokens as ``model(**batch).loss``.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from ..generation import takes_logits_to_keep
+
 #: models whose logits did not come from their output module row by row: the whole forward
 _NOT_SEPARABLE: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _forward_of(model: Any) -> Any:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.forward
 
 
 def head_is_separable(model: Any) -> bool:
@@ -32,11 +28,7 @@ def head_is_separable(model: Any) -> bool:
     from that module, position by position. Other models get the full forward's loss."""
     if model in _NOT_SEPARABLE:
         return False
-    try:
-        takes = "logits_to_keep" in inspect.signature(_forward_of(model)).parameters
-    except (TypeError, ValueError):
-        return False
-    return takes and model.get_output_embeddings() is not None
+    return takes_logits_to_keep(model) and model.get_output_embeddings() is not None
 
 
 @contextlib.contextmanager
