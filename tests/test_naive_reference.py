@@ -38,7 +38,7 @@ checks:
     threshold: 0.03
   - kind: registers_unpack
     samples: 3
-    threshold: 0.6
+    threshold: 0.1
   - kind: style_survives_topic_shift
     topics: [harbour, forest]
     samples: 2

@@ -60,7 +60,7 @@ BAD_SUITES = {
     "no_kind": ("checks:\n  - samples: 3\n", 2, "a check has no 'kind'"),
     "unknown_key": ("checks:\n  - kind: scene_holds\n    sample: 3\n", 3, "unknown key 'sample' in check 'scene_holds'; did you mean 'samples'?"),
     "threshold_range": ("checks:\n  - kind: registers_unpack\n    threshold: 1.5\n", 3,
-                        "check 'registers_unpack' 'threshold' is 1.5, outside 0..1"),
+                        "check 'registers_unpack' 'threshold' is 1.5, outside -1..1"),
     "not_a_number": ("checks:\n  - kind: scene_holds\n    samples: many\n", 3,
                      "check 'scene_holds' 'samples' must be a whole number, not 'many'; write `samples: 12`"),
     "unknown_scene": ("checks:\n  - kind: scene_holds\n    scene: Δ43\n", 3,

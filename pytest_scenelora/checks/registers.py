@@ -4,9 +4,20 @@ Register identity is judged by a nearest-centroid classifier built from referenc
 of each register (:func:`register_centroids`). All references share a large common
 component (same language, same kinds of topics), which dominates raw cosines; the space
 is therefore centred on the mean of the register means before centroids are taken, so
-what is left is what tells the registers apart. An adapter's sample succeeds when it
-both stays on the scene (positive scene margin, see :mod:`.scene`) and is classified to
-the adapter's own register; the verdict is on that success rate.
+what is left is what tells the registers apart.
+
+Each sample has two margins: its scene margin (see :mod:`.scene`) and its register
+margin (cosine to its own register's centroid minus the best other's; positive means
+classified to its own register). Its *weaker* margin, the smaller of the two, says how
+clearly it does both. ``registers_unpack`` judges the mean of the weaker margins against
+its threshold, as ``scene_holds`` judges its mean margin; ``unseen_scenes`` judges the
+share of samples with both margins positive.
+
+Why a mean margin and not that share: on a real pretrained base (SmolLM2-135M) a poetic
+voice that learnt no scene, or no register of its own, reads as poetic and on Δ42 in 67-71%
+of its samples, barely, against 79% for the good logic voice, so no threshold on the
+share separates them at 48 samples; the mean weaker margin does (good voices' lower
+bounds 0.13 and up, those controls' upper bounds 0.07: README, "Thresholds, calibrated").
 """
 
 from __future__ import annotations
@@ -132,13 +143,22 @@ def register_holds(
     contexts: Sequence[Mapping[str, Any]] | None = None,
     confidence: float = 0.95,
     check: str = "registers_unpack",
+    by: str = "margin",
 ) -> Verdict:
-    """One adapter judged against all registers: each sample succeeds when it is classified
-    to *register* and (when *scene_margins* are given) holds the scene (margin > 0).
+    """One adapter judged against all registers: its samples must speak *register* and
+    (when *scene_margins* are given) hold the scene.
+
+    *by* is what the verdict is on: ``"margin"``, the mean of each sample's weaker margin
+    (the smaller of its scene margin and its register margin; ``registers_unpack``), or
+    ``"rate"``, the share of samples classified to *register* with a positive scene margin
+    (``unseen_scenes``, whose threshold is a share). Either way the detail says how many
+    samples held the register and the scene.
 
     This is the check for a suite run on a single adapter (``--adapter Δ42_poetic``):
     the other roles' adapters need not be present, only the other registers' references.
     """
+    if by not in ("margin", "rate"):
+        raise CheckInputError(f"{check}[{subject}]: by={by!r}; judge by 'margin' or 'rate'")
     vecs = np.atleast_2d(np.asarray(output_vecs, dtype=np.float32))
     n = len(vecs)
     space.index(register)
@@ -179,9 +199,10 @@ def register_holds(
     if scene is not None:
         reasons.append(f"on the scene for {int(on_scene.sum())} of {n}")
     detail["reason"] = "; ".join(reasons)
-    return decide(check, subject, success, threshold, higher_is_better=True, seed=seed, rate=True,
-                  confidence=confidence, texts=texts, contexts=per_sample, detail=detail,
-                  evidence=evidence)
+    rate = by == "rate"
+    return decide(check, subject, success if rate else evidence, threshold, higher_is_better=True,
+                  seed=seed, rate=rate, confidence=confidence, texts=texts, contexts=per_sample,
+                  detail=detail, evidence=evidence)
 
 
 def registers_unpack(
@@ -196,7 +217,7 @@ def registers_unpack(
     confidence: float = 0.95,
 ) -> list[Verdict]:
     """One verdict per adapter (in the order given): its outputs for the scene hold the
-    scene and land in its own register, at a success rate confidently ≥ *threshold*.
+    scene and land in its own register, by a mean weaker margin confidently ≥ *threshold*.
 
     Fails when an adapter speaks the wrong register (or no recognisable one: all the
     adapters collapsed into one voice), or when it holds its register but drifts off
@@ -285,12 +306,12 @@ REGISTER_PARAM = Param(str, None, help="register (default: the adapter's role)")
 KIND = CheckKind(
     name="registers_unpack",
     params={
-        "threshold": Param(float, 0.64, 0.0, 1.0, "share of samples on the scene AND in the register"),
+        "threshold": Param(float, 0.1, -1.0, 1.0, "mean of each sample's weaker margin (scene, register)"),
         "samples": Param(int, 12, 2, 512, "samples per prompt"),
         "scene": SCENE_PARAM,
         "register": REGISTER_PARAM,
     },
-    tolerance=0.05,  # success rate
+    tolerance=0.02,  # margin
     run=run,
     help="samples hold the scene and speak the adapter's register",
 )

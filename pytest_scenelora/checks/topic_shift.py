@@ -169,7 +169,7 @@ def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
 KIND = CheckKind(
     name="style_survives_topic_shift",
     params={
-        "threshold": Param(float, 0.6, 0.0, 1.0, "share of samples on the topic AND in the register"),
+        "threshold": Param(float, 0.66, 0.0, 1.0, "share of samples on the topic AND in the register"),
         "samples": Param(int, 4, 1, 256, "samples per topic"),
         "topics": Param(list, None, help="topic ids (default: every topic)"),
         "register": REGISTER_PARAM,

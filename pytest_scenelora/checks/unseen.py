@@ -134,7 +134,7 @@ def run(context: CheckContext, spec: CheckSpec, adapter: str) -> Verdict:
         others = [i for i, s in enumerate(training) if s.core != scene.core]
         margins = scene_margins(vecs, context.embed_one(scene.core), distractor_vecs[others])
         verdict = register_holds(vecs, register, space, margins, threshold=threshold, seed=context.seed,
-                                 subject=adapter, texts=outputs, check="unseen_scenes",
+                                 subject=adapter, texts=outputs, check="unseen_scenes", by="rate",
                                  contexts=[{"scene": scene.core}] * len(outputs))
         rate = float(np.mean(verdict.samples))
         log.trials.append(_Trial(scene, rate, verdict, outputs))

@@ -152,7 +152,7 @@ class Comparison:
 
     def line(self) -> str:
         """One line, e.g.
-        ``Δ42_poetic registers_unpack: 0.81 → 0.62 (−0.19, 95% CI −0.25..−0.12), baseline of 2025-06-01``"""
+        ``Δ42_poetic scene_holds: 0.30 → 0.15 (−0.15, 95% CI −0.19..−0.11), baseline of 2025-06-01``"""
         head = f"{self.adapter} {self.name}"
         of = f"baseline of {self.baseline_date or 'unknown date'}"
         if self.change is Change.NEW:
