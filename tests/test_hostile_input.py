@@ -156,7 +156,7 @@ BAD_NUMBERS = {
                       "check 'scene_holds' 'threshold' is nan, not a finite number; write e.g. `threshold: 0.1`"),
     "nan_tolerance": ("checks:\n  - kind: registers_unpack\n    tolerance: .NaN\n", 3,
                       "check 'registers_unpack' 'tolerance' is nan, not a finite number; "
-                      "write e.g. `tolerance: 0.05`"),
+                      "write e.g. `tolerance: 0.02`"),
     "nan_weight": ("checks:\n  - kind: merge_equivalence\n    weight: .nan\n", 3,
                    "check 'merge_equivalence' 'weight' is nan, not a finite number; write e.g. `weight: 1.0`"),
     "inf_weight": ("checks:\n  - kind: merge_equivalence\n    weight: -.inf\n", 3,

@@ -6,7 +6,8 @@ The judgements are pure functions of scores and vectors returning a
 adds a kind of its own with a :class:`CheckKind` returned from the
 ``pytest_scenelora_check_kinds`` hook (README, "Writing a check kind"). ``CHECKS`` maps a
 kind to its pure judgement; ``unseen_scenes`` is not listed because it is
-``registers_unpack``'s judgement on Hypothesis-drawn scenes.
+``register_holds`` on Hypothesis-drawn scenes (judged by the share of samples on the
+scene and in the register, where ``registers_unpack`` judges their mean weaker margin).
 """
 
 from __future__ import annotations
