@@ -122,6 +122,21 @@ def test_lower_is_better_checks_regress_upwards_and_deterministic_ones_exactly()
     assert compare_record(merge([1e-6, 2e-6]), merge([1e-6, 3e-4])).change is Change.UNCHANGED
 
 
+def test_a_check_whose_statistic_changed_is_not_compared_with_its_baseline() -> None:
+    # registers_unpack judged the share of samples on the scene and in the register, then the
+    # mean weaker margin: a stored share of 0.81 against a margin of 0.18 is not a drop of 0.63
+    share = rec(np.r_[np.ones(26), np.zeros(6)], rate=True)
+    margin = rec(0.18 + 0.05 * np.tile([-1.0, 1.0], 16), threshold=0.1, tolerance=0.02)
+    c = compare_record(share, margin, baseline_date="2026-11-30")
+    assert c.change is Change.NEW and not c.regressed
+    assert c.line() == ("Δ42_poetic registers_unpack: 0.18 (new: the baseline of 2026-11-30 judged a success "
+                        "rate here (0.81), this run a score; not compared: update the baseline)")
+    assert Comparison.from_dict(c.to_dict()) == c
+    assert compare_record(margin, share).judged_before == "a score"
+    assert compare_record(share, share).change is Change.UNCHANGED
+    assert compare_record(margin, margin).change is Change.UNCHANGED
+
+
 def test_a_broken_candidate_regresses_and_new_or_missing_checks_are_named() -> None:
     base = rec(PROMPT_EFFECT)
     broken = rec(np.r_[PROMPT_EFFECT[:-1], np.nan])

@@ -145,6 +145,7 @@ class Comparison:
     framing: str = Framing.DROP.value
     worse_bound: float | None = None  # upper confidence bound of how much worse (non-inferiority)
     family: int = 1  # comparisons in the run, when significance was adjusted for their number
+    judged_before: str = ""  # NEW as the baseline judged another statistic: "a success rate" or "a score"
 
     @property
     def regressed(self) -> bool:
@@ -155,6 +156,11 @@ class Comparison:
         ``Δ42_poetic scene_holds: 0.30 → 0.15 (−0.15, 95% CI −0.19..−0.11), baseline of 2025-06-01``"""
         head = f"{self.adapter} {self.name}"
         of = f"baseline of {self.baseline_date or 'unknown date'}"
+        if self.change is Change.NEW and self.judged_before:
+            now = "a score" if self.judged_before == "a success rate" else "a success rate"
+            before = f"{self.judged_before} here ({fmt_number(self.baseline_score)})"
+            return (f"{head}: {fmt_number(self.score)} (new: the {of} judged {before}, "
+                    f"this run {now}; not compared: update the baseline)")
         if self.change is Change.NEW:
             return f"{head}: {fmt_number(self.score)} (new: not in the {of})"
         if self.change is Change.MISSING:
@@ -318,6 +324,13 @@ def compare_record(
     framing = Framing(framing)
     old, new = baseline["verdict"], candidate["verdict"]
     old_score, new_score = _score(old), _score(new)
+    old_rate, new_rate = _judged_a_rate(old), _judged_a_rate(new)
+    if None not in (old_rate, new_rate) and old_rate != new_rate:
+        # the check's statistic changed between the two runs (registers_unpack judged a share
+        # of samples, then a mean margin): the two scores measure different things
+        judged_before = "a success rate" if old_rate else "a score"
+        return Comparison(change=Change.NEW, baseline_score=old_score, score=new_score, delta=None,
+                          ci_low=None, ci_high=None, judged_before=judged_before, **common)
     hib = common["higher_is_better"]
     confidence = common["confidence"]
     exact = "max" in ((old.get("detail") or {}).get("statistic"), (new.get("detail") or {}).get("statistic"))
@@ -411,6 +424,13 @@ def _shared_prompts(old: Mapping[str, Any], new: Mapping[str, Any],
     if len(where) != len(keys[1]):  # a scene listed twice (or unnamed): no way to pair it
         return []
     return [(i, where[key]) for i, key in enumerate(keys[0]) if key in where]
+
+
+def _judged_a_rate(verdict: Mapping[str, Any]) -> bool | None:
+    """Whether a verdict judged a success rate (a Wilson interval), a score (another
+    interval), or does not say (no interval recorded: an exact check, or an older file)."""
+    interval = (verdict.get("detail") or {}).get("interval")
+    return str(interval).startswith("wilson") if interval else None
 
 
 def _is_rate(verdict: Mapping[str, Any], samples: np.ndarray) -> bool:
