@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -143,7 +143,7 @@ def register_holds(
     contexts: Sequence[Mapping[str, Any]] | None = None,
     confidence: float = 0.95,
     check: str = "registers_unpack",
-    by: str = "margin",
+    by: Literal["margin", "rate"] = "margin",
 ) -> Verdict:
     """One adapter judged against all registers: its samples must speak *register* and
     (when *scene_margins* are given) hold the scene.

@@ -435,8 +435,7 @@ def _judged_a_rate(verdict: Mapping[str, Any]) -> bool | None:
 
 def _is_rate(verdict: Mapping[str, Any], samples: np.ndarray) -> bool:
     """Whether a verdict judged a success rate (its samples 0 or 1, its interval Wilson's)."""
-    interval = str((verdict.get("detail") or {}).get("interval") or "")
-    return interval.startswith("wilson") and bool(np.isin(samples, (0.0, 1.0)).all())
+    return bool(_judged_a_rate(verdict)) and bool(np.isin(samples, (0.0, 1.0)).all())
 
 
 def baseline_date(document: Mapping[str, Any]) -> str:
